@@ -1,0 +1,2 @@
+//! One module per subcommand: its clap options and a `run` function that
+//! calls into the library.

@@ -1,0 +1,1 @@
+//! Certificates: the network CA, node certificates, CSRs, verification.

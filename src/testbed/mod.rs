@@ -1,0 +1,7 @@
+//! Network-namespace topologies shared by `re6st demo` and the integration
+//! tests: namespaces, veth links and processes started inside them, all torn
+//! down when their handles drop (even when a test panics).
+
+mod netns;
+
+pub use netns::{require_root, veth, NsChild, Netns};
