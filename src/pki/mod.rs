@@ -12,7 +12,9 @@ mod csr;
 mod error;
 mod key;
 mod prefix;
+mod seal;
 mod verify;
+mod x25519;
 mod x509;
 
 pub use ca::{Ca, IssueRequest};
@@ -21,7 +23,9 @@ pub use csr::Csr;
 pub use error::PkiError;
 pub use key::{generate_key, load_key, public_key_to_pem, save_key};
 pub use prefix::{Network, NodePrefix};
+pub use seal::{open, seal};
 pub use verify::{Verifier, VerifyError};
+pub use x25519::{x25519_public, x25519_secret};
 
 use sha2::{Digest, Sha256};
 
