@@ -72,3 +72,74 @@ pub(crate) fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.key");
+        let key = generate_key();
+        save_key(&path, &key).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
+        assert_eq!(load_key(&path).unwrap().to_bytes(), key.to_bytes());
+    }
+
+    #[test]
+    fn save_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.key");
+        let first = generate_key();
+        save_key(&path, &first).unwrap();
+        let err = save_key(&path, &generate_key()).unwrap_err();
+        assert!(
+            matches!(err, PkiError::AlreadyExists(ref p) if p == &path),
+            "{err}"
+        );
+        assert!(err.to_string().contains("refusing to overwrite"));
+        assert_eq!(load_key(&path).unwrap().to_bytes(), first.to_bytes());
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.key");
+        let err = load_key(&missing).unwrap_err();
+        assert!(matches!(err, PkiError::Io { .. }));
+        assert!(err.to_string().contains("missing.key"), "{err}");
+
+        let garbage = dir.path().join("garbage.key");
+        fs::write(
+            &garbage,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = load_key(&garbage).unwrap_err();
+        assert!(matches!(err, PkiError::Key(_)));
+        assert!(err.to_string().contains("garbage.key"), "{err}");
+    }
+
+    #[test]
+    fn loads_openssl_style_pkcs8() {
+        // `openssl genpkey -algorithm ed25519` output (RFC 8410 example key).
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n\
+                   -----END PRIVATE KEY-----\n";
+        let key = key_from_pem(pem).unwrap();
+        let public = public_key_to_pem(&key.verifying_key());
+        // The public key of RFC 8410's example, section 10.1.
+        assert_eq!(
+            public,
+            "-----BEGIN PUBLIC KEY-----\n\
+             MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n\
+             -----END PUBLIC KEY-----\n"
+        );
+    }
+}
