@@ -373,4 +373,29 @@ mod tests {
             Err(PkiError::BadSignature(_))
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn prop_issue_parse_verify(
+            value: u128,
+            len in 1u8..=80,
+            serial in 1u64..,
+            subject_serial: u32,
+        ) {
+            let value = value & ((1u128 << len) - 1);
+            let prefix = NodePrefix::new(value, len).unwrap();
+            let f = fixture();
+            let mut req = request(&f.csr, "1/1", serial);
+            req.prefix = prefix;
+            req.subject_serial = subject_serial;
+            let cert = f.ca.issue(&req).unwrap();
+            let (parsed, got) = f.verifier.verify_der(cert.der(), t0()).unwrap();
+            proptest::prop_assert_eq!(got, prefix);
+            proptest::prop_assert_eq!(parsed.serial(), serial);
+            proptest::prop_assert_eq!(parsed.subject_serial(), Some(subject_serial));
+            proptest::prop_assert_eq!(f.verifier.verify_expected(&parsed, t0(), &prefix), Ok(()));
+        }
+    }
 }
