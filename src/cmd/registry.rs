@@ -40,6 +40,19 @@ enum RegistryCommand {
     RotateKeys(AdminArgs),
     /// List live certificates (serial, prefix, email, expiry).
     List(AdminArgs),
+    /// Fetch, verify and print the signed network configuration.
+    Config(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// URL of the registry.
+    #[arg(long, env = "RE6ST_REGISTRY")]
+    registry: String,
+    /// CA certificate to verify the signature with (default: the one the
+    /// registry serves, which only checks consistency).
+    #[arg(long)]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -214,6 +227,7 @@ pub(crate) fn run(args: RegistryArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }),
+        RegistryCommand::Config(a) => runtime()?.block_on(show_config(a)),
         RegistryCommand::List(a) => runtime()?.block_on(async {
             let certs = client(&a)?.certs().await?;
             if a.json {
@@ -410,6 +424,32 @@ fn parse_ipv4(net: &str, plen: &str) -> anyhow::Result<Ipv4Settings> {
         network: format!("{addr}/{len}"),
         prefix_len: plen,
     })
+}
+
+async fn show_config(a: ConfigArgs) -> anyhow::Result<()> {
+    let client = RegistryClient::new(&a.registry)?;
+    let ca_pem = match &a.ca {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        None => client.ca().await?.ca,
+    };
+    let signed = client.config(None).await?;
+    let config = signed.verify(&ca_key(&ca_pem)?)?;
+    println!("{}", serde_json::to_string_pretty(&config)?);
+    Ok(())
+}
+
+/// The Ed25519 key of a CA certificate (PEM).
+fn ca_key(pem: &str) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    use der::{Decode as _, Encode as _};
+    use ed25519_dalek::pkcs8::DecodePublicKey as _;
+    let (_, der) = der::pem::decode_vec(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("bad CA certificate: {e}"))?;
+    let cert = x509_cert::Certificate::from_der(&der).context("bad CA certificate")?;
+    let spki = cert.tbs_certificate.subject_public_key_info.to_der()?;
+    ed25519_dalek::VerifyingKey::from_public_key_der(&spki)
+        .map_err(|e| anyhow::anyhow!("CA key is not Ed25519: {e}"))
 }
 
 async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
