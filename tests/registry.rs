@@ -741,3 +741,100 @@ fn unreachable_and_exhausted() {
     );
     assert_eq!(reg.dump(), before);
 }
+
+#[test]
+fn ipv6_listener_communities_ipv4_and_openssl_csr() {
+    let port6 = TcpListener::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let community = dir.path().join("community");
+    std::fs::write(&community, "# test\n0 *\n10 FR @EU\n").unwrap();
+    let reg = Registry::start(&[
+        "--listen",
+        &format!("[::1]:{port6}"),
+        "--anonymous-prefix-length",
+        "16",
+        "--community",
+        community.to_str().unwrap(),
+        "--ipv4",
+        "10.42.0.0/16",
+        "24",
+    ]);
+    let url6 = format!("http://[::1]:{port6}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("::1", port6)).is_err() {
+        assert!(Instant::now() < deadline, "no IPv6 listener: {}", reg.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Enrolled over IPv6, located in France: the "10" community.
+    let node = reg.path("fr");
+    let out = re6st(&[
+        "conf",
+        "--registry",
+        &url6,
+        "--anonymous",
+        "--location",
+        "FR,@EU",
+        "--dir",
+        node.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cert =
+        NodeCert::from_pem(&std::fs::read_to_string(node.join("cert.crt")).unwrap()).unwrap();
+    let p = cert.prefix().unwrap();
+    assert_eq!((p.value() >> 14, p.len()), (0b10, 16));
+    // Elsewhere: the default community.
+    let out = reg.conf("jp", &["--anonymous", "--location", "JP"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cert =
+        NodeCert::from_pem(&std::fs::read_to_string(reg.path("jp/cert.crt")).unwrap()).unwrap();
+    assert_eq!(cert.prefix().unwrap().value() >> 15, 0);
+
+    let rt = rt();
+    let client6 = RegistryClient::new(&url6).unwrap();
+    let ca = rt.block_on(client6.ca()).unwrap();
+    let cfg = rt
+        .block_on(client6.config(None))
+        .unwrap()
+        .verify(&ca_verifying_key(&ca.ca))
+        .unwrap();
+    let ipv4 = cfg.ipv4.expect("ipv4 settings");
+    assert_eq!(
+        (ipv4.network.as_str(), ipv4.prefix_len),
+        ("10.42.0.0/16", 24)
+    );
+
+    // A CSR made by `openssl req` with an Ed25519 key is accepted.
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ed25519",
+            "-nodes",
+            "-subj",
+            "/O=Example/CN=ignored",
+            "-keyout",
+        ])
+        .arg(reg.path("ossl.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csr = String::from_utf8(out.stdout).unwrap();
+    let body = serde_json::json!({ "csr": csr }).to_string();
+    let (s, b) = reg.raw("POST", "/cert", &[], body.as_bytes());
+    assert_eq!(s, 200, "{b}");
+    let resp: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let path = reg.path("ossl.crt");
+    std::fs::write(&path, resp["cert"].as_str().unwrap()).unwrap();
+    let v = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(reg.path("fr/ca.crt"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
