@@ -31,7 +31,7 @@ enum RegistryCommand {
     /// Create the network CA: DIR/ca.key (0600) and DIR/ca.crt.
     Init(InitArgs),
     /// Run the registry HTTP service.
-    Serve(Box<ServeArgs>),
+    Serve(Box<ServeOpts>),
     /// Revoke a certificate (by serial or CN): CRL updated, prefix freed.
     Revoke(RevokeArgs),
     /// Registration tokens: add, list, delete.
@@ -68,44 +68,54 @@ struct InitArgs {
     days: u32,
 }
 
-#[derive(Args)]
-struct ServeArgs {
+/// `re6st registry serve` options. Each may also be set in the TOML file
+/// given with `--config` (same names, e.g. `prefix-length = 16`,
+/// `listen = ["[::]:9201"]`, `ipv4 = ["10.42.0.0/16", "24"]`); the command
+/// line wins, and a repeatable option given on the command line replaces
+/// the file's list.
+#[derive(Args, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct ServeOpts {
+    /// TOML file with any of these options.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// Address to listen on (repeatable; IPv4 or IPv6), e.g. [::]:9201.
-    #[arg(long, required = true)]
+    #[arg(long)]
     listen: Vec<SocketAddr>,
     /// SQLite database (created if missing).
     #[arg(long)]
-    db: PathBuf,
+    db: Option<PathBuf>,
     /// CA certificate (PEM).
     #[arg(long)]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// CA private key (PEM).
     #[arg(long)]
-    key: PathBuf,
+    key: Option<PathBuf>,
     /// SMTP relay `host[:port]`, or the path of an mbox file to append
-    /// token mails to (any value containing '/').
-    #[arg(long, default_value = "localhost")]
-    mailhost: String,
+    /// token mails to (any value containing '/') [default: localhost].
+    #[arg(long)]
+    mailhost: Option<String>,
     /// SMTP login.
-    #[arg(long, requires = "smtp_pwd")]
+    #[arg(long)]
     smtp_user: Option<String>,
     /// SMTP password.
-    #[arg(long, requires = "smtp_user")]
+    #[arg(long)]
     smtp_pwd: Option<String>,
     /// Use STARTTLS with the SMTP relay.
     #[arg(long)]
     smtp_starttls: bool,
-    /// Sender address of token mails.
-    #[arg(long, default_value = "re6st@localhost")]
-    mail_from: String,
+    /// Sender address of token mails [default: re6st@localhost].
+    #[arg(long)]
+    mail_from: Option<String>,
     /// Prefix length of nodes registered by email (0 disables email
-    /// registration).
-    #[arg(long, default_value_t = 16)]
-    prefix_length: u8,
+    /// registration) [default: 16].
+    #[arg(long)]
+    prefix_length: Option<u8>,
     /// Prefix length of anonymous nodes (0 or unset disables anonymous
     /// registration).
-    #[arg(long, default_value_t = 0)]
-    anonymous_prefix_length: u8,
+    #[arg(long)]
+    anonymous_prefix_length: Option<u8>,
     /// Enable the IPv4 payload: network NET/N, each node getting a subnet
     /// of length PLEN.
     #[arg(long, num_args = 2, value_names = ["NET/N", "PLEN"])]
@@ -115,37 +125,150 @@ struct ServeArgs {
     #[arg(long)]
     community: Option<PathBuf>,
     /// Days after expiry during which a certificate may still be renewed
-    /// and its prefix stays reserved.
-    #[arg(long, default_value_t = 100)]
-    grace_period: u64,
-    /// Lifetime of issued certificates, days.
-    #[arg(long, default_value_t = 365)]
-    validity: u64,
-    /// Lifetime of registration tokens, days.
-    #[arg(long, default_value_t = 3)]
-    token_lifetime: u64,
-    /// Oldest node protocol version allowed in the network.
-    #[arg(long, default_value_t = 1)]
-    min_protocol: u32,
-    /// Address or ADDR/LEN allowed to call admin endpoints (repeatable;
-    /// default: loopback only).
+    /// and its prefix stays reserved [default: 100].
     #[arg(long)]
+    grace_period: Option<u64>,
+    /// Lifetime of issued certificates, days [default: 365].
+    #[arg(long)]
+    validity: Option<u64>,
+    /// Lifetime of registration tokens, days [default: 3].
+    #[arg(long)]
+    token_lifetime: Option<u64>,
+    /// Oldest node protocol version allowed in the network [default: 1].
+    #[arg(long)]
+    min_protocol: Option<u32>,
+    /// Address or ADDR/LEN allowed to call admin endpoints (repeatable)
+    /// [default: loopback only].
+    #[arg(long)]
+    #[serde(deserialize_with = "origins")]
     authorized_origin: Vec<Origin>,
-    /// Babel hello interval published to nodes, seconds.
-    #[arg(long, default_value_t = 15)]
-    hello: u32,
-    /// Outgoing tunnels per node.
-    #[arg(long, default_value_t = 10)]
-    client_count: u32,
-    /// Incoming tunnels per node at most (default: 2 × client-count).
+    /// Babel hello interval published to nodes, seconds [default: 15].
+    #[arg(long)]
+    hello: Option<u32>,
+    /// Outgoing tunnels per node [default: 10].
+    #[arg(long)]
+    client_count: Option<u32>,
+    /// Incoming tunnels per node at most [default: 2 × client-count].
     #[arg(long)]
     max_clients: Option<u32>,
-    /// Seconds between tunnel refreshes.
-    #[arg(long, default_value_t = 300)]
+    /// Seconds between tunnel refreshes [default: 300].
+    #[arg(long)]
+    tunnel_refresh: Option<u32>,
+    /// Seconds between housekeeping runs (expired certificates, tokens)
+    /// [default: 600].
+    #[arg(long)]
+    housekeeping_interval: Option<u64>,
+}
+
+fn origins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Origin>, D::Error> {
+    let v: Vec<String> = serde::Deserialize::deserialize(d)?;
+    v.iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// The command line's list when given, else the file's.
+fn prefer<T>(cli: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if cli.is_empty() {
+        file
+    } else {
+        cli
+    }
+}
+
+/// The resolved options of `registry serve`.
+struct ServeArgs {
+    listen: Vec<SocketAddr>,
+    db: PathBuf,
+    ca: PathBuf,
+    key: PathBuf,
+    mailhost: String,
+    smtp_user: Option<String>,
+    smtp_pwd: Option<String>,
+    smtp_starttls: bool,
+    mail_from: String,
+    prefix_length: u8,
+    anonymous_prefix_length: u8,
+    ipv4: Option<Vec<String>>,
+    community: Option<PathBuf>,
+    grace_period: u64,
+    validity: u64,
+    token_lifetime: u64,
+    min_protocol: u32,
+    authorized_origin: Vec<Origin>,
+    hello: u32,
+    client_count: u32,
+    max_clients: Option<u32>,
     tunnel_refresh: u32,
-    /// Seconds between housekeeping runs (expired certificates, tokens).
-    #[arg(long, default_value_t = 600)]
     housekeeping_interval: u64,
+}
+
+impl ServeOpts {
+    /// Command line over config file over defaults.
+    fn resolve(self) -> anyhow::Result<ServeArgs> {
+        let file: Self = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+            None => Self::default(),
+        };
+
+        let required = |v: Option<PathBuf>, name: &str| {
+            v.with_context(|| format!("--{name} is required (or `{name}` in --config)"))
+        };
+        let listen = prefer(self.listen, file.listen);
+        if listen.is_empty() {
+            bail!("--listen is required (or `listen` in --config)");
+        }
+        if self.smtp_user.is_some() != self.smtp_pwd.is_some()
+            && file.smtp_user.is_none()
+            && file.smtp_pwd.is_none()
+        {
+            bail!("--smtp-user and --smtp-pwd go together");
+        }
+        Ok(ServeArgs {
+            listen,
+            db: required(self.db.or(file.db), "db")?,
+            ca: required(self.ca.or(file.ca), "ca")?,
+            key: required(self.key.or(file.key), "key")?,
+            mailhost: self
+                .mailhost
+                .or(file.mailhost)
+                .unwrap_or_else(|| "localhost".into()),
+            smtp_user: self.smtp_user.or(file.smtp_user),
+            smtp_pwd: self.smtp_pwd.or(file.smtp_pwd),
+            smtp_starttls: self.smtp_starttls || file.smtp_starttls,
+            mail_from: self
+                .mail_from
+                .or(file.mail_from)
+                .unwrap_or_else(|| "re6st@localhost".into()),
+            prefix_length: self.prefix_length.or(file.prefix_length).unwrap_or(16),
+            anonymous_prefix_length: self
+                .anonymous_prefix_length
+                .or(file.anonymous_prefix_length)
+                .unwrap_or(0),
+            ipv4: match self.ipv4.or(file.ipv4) {
+                Some(v) if v.len() != 2 => bail!("ipv4 takes two values: NET/N and PLEN"),
+                v => v,
+            },
+            community: self.community.or(file.community),
+            grace_period: self.grace_period.or(file.grace_period).unwrap_or(100),
+            validity: self.validity.or(file.validity).unwrap_or(365),
+            token_lifetime: self.token_lifetime.or(file.token_lifetime).unwrap_or(3),
+            min_protocol: self.min_protocol.or(file.min_protocol).unwrap_or(1),
+            authorized_origin: prefer(self.authorized_origin, file.authorized_origin),
+            hello: self.hello.or(file.hello).unwrap_or(15),
+            client_count: self.client_count.or(file.client_count).unwrap_or(10),
+            max_clients: self.max_clients.or(file.max_clients),
+            tunnel_refresh: self.tunnel_refresh.or(file.tunnel_refresh).unwrap_or(300),
+            housekeeping_interval: self
+                .housekeeping_interval
+                .or(file.housekeeping_interval)
+                .unwrap_or(600),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -211,7 +334,10 @@ enum TokenCommand {
 pub(crate) fn run(args: RegistryArgs) -> anyhow::Result<()> {
     match args.command {
         RegistryCommand::Init(a) => init(a),
-        RegistryCommand::Serve(a) => runtime()?.block_on(serve(*a)),
+        RegistryCommand::Serve(a) => {
+            let a = a.resolve()?;
+            runtime()?.block_on(serve(a))
+        }
         RegistryCommand::Revoke(a) => runtime()?.block_on(revoke(a)),
         RegistryCommand::Token(a) => runtime()?.block_on(token(a)),
         RegistryCommand::RotateKeys(a) => runtime()?.block_on(async {
@@ -514,6 +640,38 @@ async fn token(a: TokenArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.toml");
+        std::fs::write(
+            &path,
+            "listen = [\"[::]:9201\", \"0.0.0.0:9201\"]\ndb = \"/r.db\"\nca = \"/ca.crt\"\nkey = \"/ca.key\"\n\
+             prefix-length = 20\nhello = 4\nauthorized-origin = [\"10.0.0.0/8\"]\nipv4 = [\"10.42.0.0/16\", \"24\"]\n",
+        )
+        .unwrap();
+        let cli = ServeOpts {
+            config: Some(path.clone()),
+            hello: Some(7),
+            ..Default::default()
+        };
+        let a = cli.resolve().unwrap();
+        assert_eq!(a.listen.len(), 2);
+        assert_eq!((a.prefix_length, a.hello, a.client_count), (20, 7, 10));
+        assert_eq!(
+            a.authorized_origin,
+            vec!["10.0.0.0/8".parse::<Origin>().unwrap()]
+        );
+        assert_eq!(a.db, PathBuf::from("/r.db"));
+        std::fs::write(&path, "listen = [\"[::]:9201\"]\nbogus = 1\n").unwrap();
+        let cli = ServeOpts {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(cli.resolve().is_err());
+        assert!(ServeOpts::default().resolve().is_err());
+    }
 
     #[test]
     fn ipv4_option() {
