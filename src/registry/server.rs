@@ -145,8 +145,14 @@ pub struct Settings {
     pub communities: Communities,
 }
 
+/// Requests handled at once; more wait for a slot.
+pub const MAX_CONCURRENT: usize = 64;
+/// Time limit of one request, slot wait included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The running registry: CA, database, settings.
 pub struct Registry {
+    slots: tokio::sync::Semaphore,
     ca: Ca,
     store: Mutex<Store>,
     replay: Mutex<ReplayGuard>,
@@ -158,6 +164,7 @@ impl Registry {
     /// A registry over an opened store.
     pub fn new(ca: Ca, store: Store, mailer: Mailer, settings: Settings) -> Self {
         Self {
+            slots: tokio::sync::Semaphore::new(MAX_CONCURRENT),
             ca,
             store: Mutex::new(store),
             replay: Mutex::new(ReplayGuard::new()),
@@ -303,7 +310,26 @@ pub fn router(registry: Shared) -> Router {
                 "method not allowed here",
             )
         })
+        .layer(middleware::from_fn_with_state(registry.clone(), limit))
         .with_state(registry)
+}
+
+/// Caps concurrent requests and bounds each one in time.
+async fn limit(State(reg): State<Shared>, req: Request, next: Next) -> Response {
+    let run = async {
+        // The semaphore is never closed.
+        let _permit = reg.slots.acquire().await;
+        next.run(req).await
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "request took too long",
+        )
+        .into_response(),
+    }
 }
 
 /// Serves the API on `listeners` until `shutdown` completes, running
