@@ -126,3 +126,90 @@ fn message_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) ->
 fn zero_nonce() -> Nonce {
     Nonce::assume_unique_for_key([0; 12])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::key::generate_key;
+
+    #[test]
+    fn round_trip() {
+        let key = generate_key();
+        for len in [0, 1, 15, 16, 17, 1000, 70_000] {
+            let plaintext: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let sealed = seal(&key.verifying_key(), &plaintext);
+            assert_eq!(sealed.len(), len + OVERHEAD);
+            assert_eq!(sealed[0], VERSION);
+            assert_eq!(open(&key, &sealed).unwrap(), plaintext);
+        }
+    }
+
+    #[test]
+    fn each_seal_is_fresh() {
+        let key = generate_key();
+        let a = seal(&key.verifying_key(), b"secret");
+        let b = seal(&key.verifying_key(), b"secret");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn fixed_ephemeral_is_deterministic() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let a = seal_with(&key.verifying_key(), b"babel mac key", [9; 32]).unwrap();
+        let b = seal_with(&key.verifying_key(), b"babel mac key", [9; 32]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(&a[1..33], &x25519_base([9; 32]));
+        assert_eq!(open(&key, &a).unwrap(), b"babel mac key");
+    }
+
+    #[test]
+    fn any_tampering_is_detected() {
+        let key = generate_key();
+        let sealed = seal(&key.verifying_key(), b"bootstrap peer list");
+        for at in 0..sealed.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = sealed.clone();
+                bad[at] ^= bit;
+                assert!(open(&key, &bad).is_err(), "byte {at} bit {bit:#x}");
+            }
+        }
+        for cut in 0..sealed.len() {
+            assert!(open(&key, &sealed[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(open(&key, &longer).is_err());
+    }
+
+    #[test]
+    fn wrong_key_cannot_open() {
+        let key = generate_key();
+        let sealed = seal(&key.verifying_key(), b"for one node only");
+        let err = open(&generate_key(), &sealed).unwrap_err();
+        assert!(matches!(err, PkiError::Sealed(_)));
+        assert!(err.to_string().contains("another key"), "{err}");
+    }
+
+    #[test]
+    fn small_order_ephemeral_is_rejected() {
+        let key = generate_key();
+        let mut sealed = seal(&key.verifying_key(), b"x");
+        sealed[1..33].copy_from_slice(&[0; 32]);
+        assert!(matches!(
+            open(&key, &sealed),
+            Err(PkiError::Sealed("invalid ephemeral key"))
+        ));
+    }
+
+    #[test]
+    fn small_order_recipient_gets_an_unreadable_message() {
+        // The Edwards identity: a valid encoding with no usable private key.
+        let mut identity = [0; 32];
+        identity[0] = 1;
+        let weak = VerifyingKey::from_bytes(&identity).unwrap();
+        assert!(weak.is_weak());
+        let sealed = seal(&weak, b"nobody");
+        assert_eq!(sealed.len(), 6 + OVERHEAD);
+        assert!(open(&generate_key(), &sealed).is_err());
+    }
+}
