@@ -393,4 +393,35 @@ mod tests {
         let r = Allocator::rebuild(6, &[], &[got[0], got[2], got[3], got[5]]);
         assert_eq!(r, a);
     }
+
+    proptest::proptest! {
+        /// Any sequence of allocations and releases keeps the tree sound:
+        /// free and allocated blocks are disjoint and cover the space, and
+        /// the free set equals the one rebuilt from the allocated prefixes
+        /// (so splits and merges never leave fragments behind).
+        #[test]
+        fn allocate_release_invariants(ops in proptest::collection::vec((0u8..=6, proptest::bool::ANY, 0usize..64), 1..80)) {
+            let mut a = Allocator::new(6, &[]);
+            let mut allocated: Vec<Block> = Vec::new();
+            for (len, release, pick) in ops {
+                if release && !allocated.is_empty() {
+                    let b = allocated.swap_remove(pick % allocated.len());
+                    a.release(b);
+                } else if let Ok(b) = a.allocate(len, &Block::ROOT) {
+                    proptest::prop_assert_eq!(b.len, len);
+                    allocated.push(b);
+                }
+                let free: Vec<Block> = a.free_blocks().copied().collect();
+                let all: Vec<Block> = free.iter().chain(&allocated).copied().collect();
+                for (i, x) in all.iter().enumerate() {
+                    for y in &all[i + 1..] {
+                        proptest::prop_assert!(!x.contains(y) && !y.contains(x), "{} overlaps {}", x, y);
+                    }
+                }
+                let covered: u128 = all.iter().map(|b| 1u128 << (6 - b.len)).sum();
+                proptest::prop_assert_eq!(covered, 64);
+                proptest::prop_assert_eq!(&Allocator::rebuild(6, &[], &allocated), &a);
+            }
+        }
+    }
 }
