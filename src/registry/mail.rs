@@ -236,4 +236,74 @@ mod tests {
             Err(MailError::Address(_))
         ));
     }
+
+    /// A minimal SMTP server on loopback that accepts one message and
+    /// returns its DATA.
+    async fn fake_smtp(listener: tokio::net::TcpListener) -> String {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+        let (sock, _) = listener.accept().await.unwrap();
+        let (r, mut w) = sock.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+        let mut data = String::new();
+        let mut in_data = false;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                    w.write_all(b"250 queued\r\n").await.unwrap();
+                } else {
+                    data.push_str(&line);
+                }
+                continue;
+            }
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" => b"250 fake\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go\r\n"
+                }
+                "QUIT" => {
+                    w.write_all(b"221 bye\r\n").await.unwrap();
+                    break;
+                }
+                _ => b"250 ok\r\n",
+            };
+            w.write_all(reply).await.unwrap();
+        }
+        data
+    }
+
+    #[tokio::test]
+    async fn smtp_delivers_token() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(fake_smtp(listener));
+        let m = Mailer::new(&SmtpOptions {
+            mailhost: format!("127.0.0.1:{port}"),
+            ..Default::default()
+        })
+        .unwrap();
+        m.send_token(
+            "re6st@localhost",
+            "a@example.org",
+            "tok789",
+            "2001:db8::/32",
+        )
+        .await
+        .unwrap();
+        drop(m);
+        let data = tokio::time::timeout(std::time::Duration::from_secs(30), server)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(data.contains("To: a@example.org"), "{data}");
+        assert!(data.contains("tok789"), "{data}");
+    }
 }
