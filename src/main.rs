@@ -20,12 +20,20 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// The registry: create the CA, serve the API, administer it.
+    Registry(cmd::registry::RegistryArgs),
+    /// Enroll this machine: fetch the CA and a certificate from a registry.
+    Conf(cmd::conf::ConfArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Registry(a) => cmd::registry::run(a),
+        Command::Conf(a) => cmd::conf::run(a),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
