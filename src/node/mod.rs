@@ -12,8 +12,8 @@
 //! [`Address`] and [`Proto`] describe where a node can be reached; they are
 //! shared by all three.
 
-//CACHE
-//PEER
+pub mod cache;
+pub mod peer_proto;
 pub mod policy;
 
 use std::fmt;
