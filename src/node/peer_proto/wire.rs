@@ -544,9 +544,12 @@ impl<'a> Body<'a> {
         }
     }
 
-    /// Writes the body into `buf`, which must hold [`Body::buffer_len`]
-    /// bytes; the body must be valid ([`Body::validate`]).
-    fn emit(&self, buf: &mut [u8]) {
+    /// Writes the body into `buf` and returns its length
+    /// ([`Body::buffer_len`]).
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
+        self.validate()?;
+        let len = self.buffer_len();
+        let buf = buf.get_mut(..len).ok_or(WireError::BufferTooSmall)?;
         match self {
             Self::AddressRequest | Self::InfoRequest | Self::TopologyRequest => {}
             Self::ConfigVersion(v) => buf[..8].copy_from_slice(&v.to_be_bytes()),
@@ -578,6 +581,7 @@ impl<'a> Body<'a> {
                 }
             }
         }
+        Ok(len)
     }
 }
 
@@ -649,8 +653,7 @@ impl<'a> Message<'a> {
         buf[field::BODY_LEN].copy_from_slice(&body_len.to_be_bytes());
         let body_start = HEADER_LEN + self.cert.len();
         buf[HEADER_LEN..body_start].copy_from_slice(self.cert);
-        let body_end = body_start + usize::from(body_len);
-        self.body.emit(&mut buf[body_start..body_end]);
+        let body_end = body_start + self.body.emit(&mut buf[body_start..])?;
         buf[body_end..].fill(0);
         Ok(len)
     }
