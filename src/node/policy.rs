@@ -229,6 +229,9 @@ pub struct Policy<P: PeerId, R: RngCore = StdRng> {
     known: BTreeMap<P, Known>,
     address_requests: BTreeMap<P, Instant>,
     retirement: Retirement<P>,
+    /// The peer retired last: not picked again until the next retirement,
+    /// so that a refresh really changes the graph.
+    last_retired: Option<P>,
     next_retirement_id: u32,
     next_bootstrap: Option<Instant>,
     timers: [Option<Instant>; Timer::COUNT],
@@ -251,6 +254,7 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
             known: BTreeMap::new(),
             address_requests: BTreeMap::new(),
             retirement: Retirement::Idle,
+            last_retired: None,
             next_retirement_id: 0,
             next_bootstrap: None,
             timers: [None; Timer::COUNT],
@@ -627,6 +631,7 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
         self.retirement = Retirement::Idle;
         if agreed {
             self.tunnels.remove(&peer);
+            self.last_retired = Some(peer);
             self.actions.push_back(Action::Close {
                 peer,
                 direction: Direction::Outgoing,
@@ -841,11 +846,20 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
             && !self.tunnels.contains_key(&peer)
             && !self.address_requests.contains_key(&peer)
             && !self.neighbours.contains(&peer)
+            && self.last_retired != Some(peer)
             && !self.is_backing_off(peer, now)
     }
 
-    /// A uniformly random distant node, or else a random known peer.
+    /// A uniformly random distant node, or else a random known peer; the
+    /// peer retired last only when there is no other.
     fn pick_candidate(&mut self, now: Instant) -> Option<P> {
+        self.pick_candidate_once(now).or_else(|| {
+            self.last_retired.take()?;
+            self.pick_candidate_once(now)
+        })
+    }
+
+    fn pick_candidate_once(&mut self, now: Instant) -> Option<P> {
         let n = self
             .routes
             .keys()
@@ -1534,6 +1548,39 @@ mod tests {
         assert!(!t.contains(&new[0]));
         assert_eq!(h.policy.retiring(), None);
         assert_eq!(h.policy.outgoing_count(), 3);
+    }
+
+    #[test]
+    fn retired_peer_is_reused_only_when_alone() {
+        // (other candidate backing off?, expected replacement)
+        for (other_failed, expected) in [(false, 2u32), (true, 1u32)] {
+            let mut cfg = config(1, 10);
+            cfg.tunnel_refresh = Duration::from_secs(100);
+            let mut h = Harness::new(100, cfg);
+            h.policy.handle_cached_peer(1, addr(1), 0, None);
+            h.routes(&[(1, None)]);
+            let first = h.advance(1.0);
+            assert_eq!(connects(&first), vec![1]);
+            h.accept_connects(&first);
+            h.policy.handle_cached_peer(2, addr(2), 0, None);
+            h.routes(&[(1, None), (2, None)]);
+            let _ = h.actions();
+            let id = (2..=115)
+                .find_map(|t| {
+                    h.advance(f64::from(t)).iter().find_map(|a| match a {
+                        Action::RequestRetirement { peer: 1, id } => Some(*id),
+                        _ => None,
+                    })
+                })
+                .expect("retirement of the idle tunnel");
+            let now = h.now;
+            if other_failed {
+                let later = now + Duration::from_secs(1000);
+                h.policy.handle_cached_peer(2, addr(2), 1, Some(later));
+            }
+            h.policy.handle_retirement_reply(1, id, true, now);
+            assert_eq!(connects(&h.actions()), vec![expected], "{other_failed}");
+        }
     }
 
     #[test]
