@@ -494,9 +494,15 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
             return false;
         }
         let persistent = self.neighbours.contains(&peer);
+        let full = !persistent && self.incoming_count() >= self.config.max_clients;
         match self.tunnels.get(&peer).map(|t| t.direction) {
             Some(Direction::Incoming) => return true,
             Some(Direction::Outgoing) => {
+                if full {
+                    // The peer will refuse ours too; both back off and
+                    // retry at different times.
+                    return false;
+                }
                 // Both sides connect at once: the tunnel initiated by the
                 // lower id survives, so both sides pick the same one.
                 if self.me < peer {
@@ -510,7 +516,7 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
                 });
             }
             None => {
-                if !persistent && self.incoming_count() >= self.config.max_clients {
+                if full {
                     return false;
                 }
             }
@@ -1827,6 +1833,104 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Route(u32, Option<Option<u32>>),
+        Incoming(u32),
+        Up(u32, bool),
+        Down(u32, bool),
+        ConnectFailed(u32),
+        Addresses(u32),
+        RetireReply(u32, u32, bool),
+        RetireRequest(u32),
+        Advance(u16),
+        Config(usize, usize, u8),
+        Reachable(bool),
+        Neighbour(u32, bool),
+        Bootstrap(u32),
+    }
+
+    fn arb_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let peer = 0u32..12;
+        prop_oneof![
+            (
+                peer.clone(),
+                proptest::option::of(proptest::option::of(0u32..12))
+            )
+                .prop_map(|(d, v)| Op::Route(d, v)),
+            peer.clone().prop_map(Op::Incoming),
+            (peer.clone(), any::<bool>()).prop_map(|(p, o)| Op::Up(p, o)),
+            (peer.clone(), any::<bool>()).prop_map(|(p, o)| Op::Down(p, o)),
+            peer.clone().prop_map(Op::ConnectFailed),
+            peer.clone().prop_map(Op::Addresses),
+            (peer.clone(), 0u32..4, any::<bool>()).prop_map(|(p, i, a)| Op::RetireReply(p, i, a)),
+            peer.clone().prop_map(Op::RetireRequest),
+            (0u16..400).prop_map(Op::Advance),
+            (0usize..6, 0usize..6, 0u8..3).prop_map(|(c, m, r)| Op::Config(c, m, r)),
+            any::<bool>().prop_map(Op::Reachable),
+            (peer.clone(), any::<bool>()).prop_map(|(p, a)| Op::Neighbour(p, a)),
+            peer.prop_map(Op::Bootstrap),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of inputs: no tunnel to ourselves, never more
+        /// incoming tunnels than allowed, and after handle_timeout the next
+        /// deadline is in the future (a driver never spins).
+        #[test]
+        fn invariants_hold_under_random_inputs(ops in proptest::collection::vec(arb_op(), 1..120)) {
+            let me = 5;
+            let mut h = Harness::new(me, config(3, 3));
+            let dir = |o: bool| if o { Direction::Outgoing } else { Direction::Incoming };
+            let mut t = 0.0;
+            for op in ops {
+                let now = h.now;
+                match op {
+                    Op::Route(d, v) => h.policy.handle_route(d, v.map(|v| v.map_or(Via::Other, Via::Tunnel)), now),
+                    Op::Incoming(p) => {
+                        let _ = h.policy.handle_incoming(p, now);
+                    }
+                    Op::Up(p, o) => h.policy.handle_tunnel_up(p, dir(o), now),
+                    Op::Down(p, o) => h.policy.handle_tunnel_down(p, dir(o), now),
+                    Op::ConnectFailed(p) => h.policy.handle_connect_failed(p, now),
+                    Op::Addresses(p) => h.policy.handle_addresses(p, addr(p), now),
+                    Op::RetireReply(p, i, a) => h.policy.handle_retirement_reply(p, i, a, now),
+                    Op::RetireRequest(p) => {
+                        let _ = h.policy.handle_retirement_request(p, now);
+                    }
+                    Op::Advance(ds) => {
+                        t += f64::from(ds);
+                        let _ = h.advance(t);
+                    }
+                    Op::Config(c, m, r) => {
+                        let mut cfg = config(c, m);
+                        cfg.tunnel_refresh = Duration::from_secs(u64::from(r) * 20);
+                        h.policy.set_config(cfg, now);
+                    }
+                    Op::Reachable(b) => h.policy.set_reachable(b, now),
+                    Op::Neighbour(p, add) => {
+                        if add {
+                            h.policy.add_neighbour(p, now);
+                        } else {
+                            h.policy.remove_neighbour(p, now);
+                        }
+                    }
+                    Op::Bootstrap(p) => h.policy.handle_bootstrap_peer(p, addr(p), now),
+                }
+                let _ = h.actions();
+                proptest::prop_assert!(h.policy.tunnels().all(|t| t.peer != me));
+                proptest::prop_assert!(h.policy.incoming_count() <= h.policy.config().max_clients);
+                let now = h.now;
+                h.policy.handle_timeout(now);
+                let _ = h.actions();
+                if let Some(next) = h.policy.poll_timeout() {
+                    proptest::prop_assert!(next > now, "deadline not in the future");
+                }
+            }
+        }
     }
 
     /// Many policies joined by an instant, in-memory transport and a toy
