@@ -154,8 +154,10 @@ pub enum Action<P> {
         /// Which of the (at most two, during a race) tunnels.
         direction: Direction,
     },
-    /// Ask `peer` for its addresses over the peer protocol; answer with
-    /// [`Policy::handle_addresses`].
+    /// Ask `peer` for its addresses over the peer protocol (or find them
+    /// elsewhere: the cache, the registry); answer with
+    /// [`Policy::handle_addresses`]. Unanswered after `reply_timeout`, the
+    /// peer counts as failed.
     RequestAddresses {
         /// The peer to ask.
         peer: P,
@@ -216,6 +218,12 @@ pub struct TunnelInfo<P> {
 }
 
 /// The tunnel policy state machine. See the module documentation.
+///
+/// Driving it: after every `handle_*` call or command, take every
+/// [`Action`] with [`Policy::poll_action`], then arm a timer at
+/// [`Policy::poll_timeout`] and call [`Policy::handle_timeout`] when it
+/// fires. Tunnel events must name the direction; events for a tunnel the
+/// policy does not know (already closed, or the loser of a race) are ignored.
 pub struct Policy<P: PeerId, R: RngCore = StdRng> {
     me: P,
     config: PolicyConfig,
