@@ -7,11 +7,14 @@
 //! - [`registry`]: the HTTP service that allocates prefixes, issues and
 //!   revokes certificates and publishes the signed network configuration,
 //!   with its SQLite store and a typed client.
+//! - [`node`]: the mesh manager's building blocks: the tunnel policy, the
+//!   authenticated peer protocol and the SQLite peer cache.
 //! - [`testbed`]: network-namespace topologies for `re6st demo` and tests.
 //!
 //! Protocol logic lives in sans-I/O state machines (the `babel` crate, the
 //! tunnel sessions); the modules here are the I/O shells around them.
 
+pub mod node;
 pub mod pki;
 pub mod registry;
 pub mod testbed;
