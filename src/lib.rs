@@ -7,11 +7,13 @@
 //! - [`registry`]: the HTTP service that allocates prefixes, issues and
 //!   revokes certificates and publishes the signed network configuration,
 //!   with its SQLite store and a typed client.
+//! - [`kernel`]: links, addresses and routes through netlink.
 //! - [`testbed`]: network-namespace topologies for `re6st demo` and tests.
 //!
 //! Protocol logic lives in sans-I/O state machines (the `babel` crate, the
 //! tunnel sessions); the modules here are the I/O shells around them.
 
+pub mod kernel;
 pub mod pki;
 pub mod registry;
 pub mod testbed;
