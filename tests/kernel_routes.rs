@@ -171,7 +171,7 @@ fn flush_removes_only_our_routes() {
         .block_on(|| async {
             let k = Kernel::connect().unwrap();
             let index = k.link_index("d0").await.unwrap();
-            let mut pipeline = RoutePipeline::new(&k, 64);
+            let mut pipeline = RoutePipeline::new(64).unwrap();
             let ops = (0..300u128).map(|i| {
                 let mut r = Route::new(
                     Net::new(
@@ -277,7 +277,7 @@ fn install_100k_routes() {
         };
         for limit in [1usize, 1024] {
             let n = if limit == 1 { 10_000 } else { 100_000 };
-            let mut pipeline = RoutePipeline::new(&k, limit);
+            let mut pipeline = RoutePipeline::new(limit).unwrap();
             let start = Instant::now();
             let failures = pipeline.run((0..n).map(|i| RouteOp::Replace(route(i)))).await;
             let install = start.elapsed();

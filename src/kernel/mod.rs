@@ -13,6 +13,7 @@
 
 pub mod addr;
 pub mod link;
+pub mod pipeline;
 pub mod route;
 
 use std::io;
@@ -25,7 +26,8 @@ use tokio::task::JoinHandle;
 
 pub use addr::Address;
 pub use link::Link;
-pub use route::{Net, Route, RouteKind, RouteOp, RoutePipeline, RTPROT_RE6ST};
+pub use pipeline::{Completion, RoutePipeline};
+pub use route::{Net, Route, RouteKind, RouteOp, RTPROT_RE6ST, TABLE_MAIN};
 
 /// Receive buffer of the netlink socket: room for the acknowledgements of a
 /// full pipeline of route requests, so none is dropped.
@@ -99,11 +101,6 @@ impl Kernel {
         socket.set_cap_ack(true).map_err(Error::Socket)?;
         let task = tokio::spawn(connection);
         Ok(Self { handle, task })
-    }
-
-    /// A clone of the request handle, for a [`RoutePipeline`].
-    pub(crate) fn handle(&self) -> rtnetlink::Handle {
-        self.handle.clone()
     }
 
     /// Sends one request and collects the messages the kernel answers with

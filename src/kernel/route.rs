@@ -8,13 +8,8 @@
 //! replaces in place.
 
 use std::fmt;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
-use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -22,7 +17,8 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::{collect, send, Error, Kernel};
+use super::pipeline::{RoutePipeline, DEFAULT_IN_FLIGHT};
+use super::{Error, Kernel};
 
 /// The routing protocol number on every route we install (`ip route show
 /// proto 61`). Not in iproute2's `rt_protos` list (babeld uses 42), so our
@@ -35,9 +31,6 @@ pub const TABLE_MAIN: u32 = 254;
 /// Table for the throwaway route of [`Kernel::has_ipv6_subtrees`]: no rule
 /// points at it, so the probe never affects forwarding.
 const PROBE_TABLE: u32 = 0x7265_3673;
-
-/// How long one route request may wait for its acknowledgement.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An IP prefix: an address whose bits past `len` are zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -195,6 +188,55 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The route a kernel message describes, if it is a unicast or
+    /// unreachable IPv4 or IPv6 route.
+    pub fn from_message(m: &RouteMessage) -> Option<Self> {
+        let v4 = match m.header.address_family {
+            AddressFamily::Inet => true,
+            AddressFamily::Inet6 => false,
+            _ => return None,
+        };
+        let kind = match m.header.kind {
+            RouteType::Unicast => RouteKind::Unicast,
+            RouteType::Unreachable => RouteKind::Unreachable,
+            _ => return None,
+        };
+        let any = if v4 {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        let ip = |a: &RouteAddress| match a {
+            RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+            RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+            _ => None,
+        };
+        let mut dst = any;
+        let mut route = Self::new(Net::new(any, 0).ok()?);
+        route.kind = kind;
+        route.table = u32::from(m.header.table);
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(a) => dst = ip(a)?,
+                RouteAttribute::Source(a) => {
+                    route.src = Some(Net::new(ip(a)?, m.header.source_prefix_length).ok()?)
+                }
+                RouteAttribute::Gateway(a) => route.gateway = ip(a),
+                RouteAttribute::Via(RouteVia::Inet6(a)) => route.gateway = Some(IpAddr::V6(*a)),
+                RouteAttribute::Via(RouteVia::Inet(a)) => route.gateway = Some(IpAddr::V4(*a)),
+                RouteAttribute::Oif(i) => route.ifindex = Some(*i),
+                RouteAttribute::PrefSource(a) => route.pref_src = ip(a),
+                RouteAttribute::Priority(p) => route.priority = *p,
+                RouteAttribute::Table(t) => route.table = *t,
+                _ => {}
+            }
+        }
+        route.dst = Net::new(dst, m.header.destination_prefix_length).ok()?;
+        Some(route)
+    }
+}
+
 impl fmt::Display for Route {
     /// In the words of `ip route`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -237,7 +279,7 @@ impl RouteOp {
         }
     }
 
-    fn request(&self) -> Result<(RouteNetlinkMessage, u16), Error> {
+    pub(crate) fn request(&self) -> Result<(RouteNetlinkMessage, u16), Error> {
         let message = self.route().message()?;
         Ok(match self {
             Self::Add(_) => (
@@ -252,124 +294,12 @@ impl RouteOp {
         })
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Self::Add(r) => format!("ip route add {r}"),
             Self::Replace(r) => format!("ip route replace {r}"),
             Self::Remove(r) => format!("ip route del {r}"),
         }
-    }
-}
-
-type Pending = Pin<Box<dyn Future<Output = Completion> + Send>>;
-
-/// The outcome of one request sent through a [`RoutePipeline`].
-#[derive(Debug)]
-pub struct Completion {
-    /// The change that was requested.
-    pub op: RouteOp,
-    /// Whether the kernel applied it.
-    pub result: Result<(), Error>,
-}
-
-/// Sends route changes without waiting for each acknowledgement.
-///
-/// [`submit`](Self::submit) queues a request on the socket at once, so
-/// requests reach the kernel in submission order (and the kernel applies
-/// them in that order); acknowledgements are collected as they come by
-/// [`next`](Self::next). Callers bound the number in flight with
-/// [`is_full`](Self::is_full) so the socket's receive buffer never
-/// overflows.
-pub struct RoutePipeline {
-    handle: rtnetlink::Handle,
-    pending: FuturesUnordered<Pending>,
-    limit: usize,
-}
-
-impl fmt::Debug for RoutePipeline {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RoutePipeline")
-            .field("in_flight", &self.pending.len())
-            .field("limit", &self.limit)
-            .finish()
-    }
-}
-
-impl RoutePipeline {
-    /// A pipeline on `kernel`'s socket with at most `limit` requests in
-    /// flight (at least 1).
-    pub fn new(kernel: &Kernel, limit: usize) -> Self {
-        Self {
-            handle: kernel.handle(),
-            pending: FuturesUnordered::new(),
-            limit: limit.max(1),
-        }
-    }
-
-    /// Requests awaiting their acknowledgement.
-    pub fn in_flight(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Whether the caller should wait for a [`next`](Self::next) before
-    /// submitting more.
-    pub fn is_full(&self) -> bool {
-        self.pending.len() >= self.limit
-    }
-
-    /// Queues `op` on the socket. An invalid route description completes at
-    /// once with its error.
-    pub fn submit(&mut self, op: RouteOp) {
-        let response = op
-            .request()
-            .and_then(|(message, flags)| send(&mut self.handle, message, flags));
-        let future: Pending = match response {
-            Ok(response) => Box::pin(async move {
-                let result = match tokio::time::timeout(REQUEST_TIMEOUT, collect(response)).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(source)) => Err(Error::Refused {
-                        what: op.describe(),
-                        source,
-                    }),
-                    Err(_) => Err(Error::Refused {
-                        what: op.describe(),
-                        source: std::io::ErrorKind::TimedOut.into(),
-                    }),
-                };
-                Completion { op, result }
-            }),
-            Err(e) => Box::pin(std::future::ready(Completion { op, result: Err(e) })),
-        };
-        self.pending.push(future);
-    }
-
-    /// The next acknowledged request, or `None` when none is in flight.
-    pub async fn next(&mut self) -> Option<Completion> {
-        self.pending.next().await
-    }
-
-    /// Submits every op, keeping the pipeline full, and waits for all of
-    /// them. Returns the failures.
-    pub async fn run(&mut self, ops: impl IntoIterator<Item = RouteOp>) -> Vec<Completion> {
-        let mut failures = Vec::new();
-        let mut keep = |c: Completion| {
-            if c.result.is_err() {
-                failures.push(c);
-            }
-        };
-        for op in ops {
-            while self.is_full() {
-                match self.next().await {
-                    Some(c) => keep(c),
-                    None => break,
-                }
-            }
-            self.submit(op);
-        }
-        while let Some(c) = self.next().await {
-            keep(c);
-        }
-        failures
     }
 }
 
@@ -406,25 +336,32 @@ impl Kernel {
         Ok(ours)
     }
 
+    /// Our routes (protocol [`RTPROT_RE6ST`]) in any table.
+    pub async fn our_route_list(&self) -> Result<Vec<Route>, Error> {
+        Ok(self
+            .our_routes()
+            .await?
+            .iter()
+            .filter_map(Route::from_message)
+            .collect())
+    }
+
     /// Deletes every route with protocol [`RTPROT_RE6ST`] (the leftovers of a
     /// previous run, or ours at shutdown) and returns how many it deleted.
-    /// Requests are pipelined.
+    /// Requests are pipelined on a socket of the current thread's namespace.
     pub async fn flush_routes(&self) -> Result<usize, Error> {
-        let ours = self.our_routes().await?;
+        let ours = self.our_route_list().await?;
         let count = ours.len();
-        let mut handle = self.handle();
-        let mut pending = FuturesUnordered::new();
-        for message in ours {
-            let response = send(&mut handle, RouteNetlinkMessage::DelRoute(message), 0)?;
-            pending.push(collect(response));
-            if pending.len() >= 256 {
-                flush_result(pending.next().await)?;
-            }
+        let mut pipeline = RoutePipeline::new(DEFAULT_IN_FLIGHT)?;
+        let failures = pipeline.run(ours.into_iter().map(RouteOp::Remove)).await;
+        // A route vanishing between the dump and its deletion is no error.
+        match failures
+            .into_iter()
+            .find(|c| c.result.as_ref().err().and_then(Error::errno) != Some(libc::ESRCH))
+        {
+            Some(c) => c.result.map(|()| count),
+            None => Ok(count),
         }
-        while let Some(r) = pending.next().await {
-            flush_result(Some(r))?;
-        }
-        Ok(count)
     }
 
     /// Whether the kernel accepts IPv6 source-specific routes
@@ -445,17 +382,6 @@ impl Kernel {
             Err(e) if matches!(e.errno(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => Ok(false),
             Err(e) => Err(e),
         }
-    }
-}
-
-/// A route vanishing between the dump and its deletion is not an error.
-fn flush_result(r: Option<std::io::Result<Vec<RouteNetlinkMessage>>>) -> Result<(), Error> {
-    match r {
-        Some(Err(e)) if e.raw_os_error() != Some(libc::ESRCH) => Err(Error::Refused {
-            what: format!("ip route flush proto {RTPROT_RE6ST}"),
-            source: e,
-        }),
-        _ => Ok(()),
     }
 }
 
@@ -543,6 +469,22 @@ mod tests {
         let mut r = Route::new(net("10.0.0.0/8"));
         r.pref_src = Some("2001:db8::1".parse().unwrap());
         assert!(r.message().is_err());
+    }
+
+    #[test]
+    fn message_round_trip() {
+        let mut r = Route::new(net("2001:db8:1::/48"));
+        r.src = Some(net("2001:db8::/32"));
+        r.gateway = Some("fe80::1".parse().unwrap());
+        r.ifindex = Some(7);
+        r.priority = 5;
+        r.pref_src = Some("2001:db8::1".parse().unwrap());
+        assert_eq!(Route::from_message(&r.message().unwrap()), Some(r));
+        let mut r = Route::new(net("10.0.0.0/8"));
+        r.gateway = Some("fe80::1".parse().unwrap());
+        r.table = 4000;
+        r.kind = RouteKind::Unreachable;
+        assert_eq!(Route::from_message(&r.message().unwrap()), Some(r));
     }
 
     #[test]
