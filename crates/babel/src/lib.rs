@@ -6,3 +6,7 @@
 //! standalone `re6st babel` daemon, and by the thousand in a simulator.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod wire;
+
+pub use wire::{Error as WireError, Prefix};
