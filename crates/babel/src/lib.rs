@@ -7,6 +7,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod router;
 pub mod wire;
 
+pub use router::{
+    Destination, Dump, Event, Filter, InterfaceConfig, InterfaceKind, KernelRoute, MacAlgorithm,
+    MacConfig, MacKey, RouteChange, Router, RouterConfig, RttConfig, Transmit,
+};
 pub use wire::{Error as WireError, Prefix};
