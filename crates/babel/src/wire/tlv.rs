@@ -1,0 +1,917 @@
+//! TLVs (RFC 8966 §4.6, RFC 8967 §4.2–4.3): the generic view, the typed
+//! representations, and the packet-body iterator with the parser state of
+//! RFC 8966 §4.5.
+
+use std::net::IpAddr;
+
+use super::prefix::{
+    address_ae, address_len, emit_address, emit_prefix, parse_address, parse_prefix, prefix_ae,
+};
+use super::subtlv::{SubTlvType, SubTlvs};
+use super::{be16, be32, enum_with_unknown, Ae, CompressionState, Error, Prefix};
+
+/// The metric of a retraction.
+pub const INFINITY: u16 = 0xffff;
+
+enum_with_unknown! {
+    /// TLV type.
+    pub enum TlvType(u8) {
+        /// One byte of padding, without length.
+        Pad1 = 0,
+        /// `n` bytes of padding.
+        PadN = 1,
+        /// Acknowledgment request.
+        AckReq = 2,
+        /// Acknowledgment.
+        Ack = 3,
+        /// Hello.
+        Hello = 4,
+        /// I Heard You.
+        Ihu = 5,
+        /// Router-Id for the following Updates.
+        RouterId = 6,
+        /// Next hop for the following Updates.
+        NextHop = 7,
+        /// Route announcement or retraction.
+        Update = 8,
+        /// Route request.
+        RouteRequest = 9,
+        /// Seqno request.
+        SeqnoRequest = 10,
+        /// RFC 8967 challenge request.
+        ChallengeRequest = 13,
+        /// RFC 8967 challenge reply.
+        ChallengeReply = 14,
+        /// RFC 8967 packet counter.
+        Pc = 15,
+        /// RFC 8967 MAC (in the packet trailer).
+        Mac = 16,
+    }
+}
+
+/// A zero-copy view of one TLV: type, and (except for Pad1) a length and a
+/// body that the checked constructor has verified to be in bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlvBuf<'a> {
+    ty: TlvType,
+    body: &'a [u8],
+    total: usize,
+}
+
+impl<'a> TlvBuf<'a> {
+    /// Checks the TLV at the start of `bytes` and returns a view of it.
+    pub fn new_checked(bytes: &'a [u8]) -> Result<Self, Error> {
+        let Some(&ty) = bytes.first() else {
+            return Err(Error::Truncated("tlv type"));
+        };
+        let ty = TlvType::from(ty);
+        if ty == TlvType::Pad1 {
+            return Ok(Self {
+                ty,
+                body: &[],
+                total: 1,
+            });
+        }
+        let Some(&len) = bytes.get(1) else {
+            return Err(Error::Truncated("tlv length"));
+        };
+        let end = 2 + usize::from(len);
+        let Some(body) = bytes.get(2..end) else {
+            return Err(Error::Truncated("tlv body"));
+        };
+        Ok(Self {
+            ty,
+            body,
+            total: end,
+        })
+    }
+
+    /// The TLV type.
+    pub fn tlv_type(&self) -> TlvType {
+        self.ty
+    }
+
+    /// The body after type and length (empty for Pad1).
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// Bytes taken on the wire, header included.
+    pub fn total_len(&self) -> usize {
+        self.total
+    }
+}
+
+/// Acknowledgment request (type 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AckReq {
+    /// Opaque value to echo in the Ack.
+    pub opaque: u16,
+    /// Deadline for the Ack, in centiseconds.
+    pub interval: u16,
+}
+
+/// Acknowledgment (type 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ack {
+    /// The opaque value of the request being acknowledged.
+    pub opaque: u16,
+}
+
+/// Hello (type 4), with the RTT extension's transmit timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hello {
+    /// Unicast Hello (flag 0x8000), with its own seqno space.
+    pub unicast: bool,
+    /// Hello seqno.
+    pub seqno: u16,
+    /// Interval to the next Hello, in centiseconds (0: no promise).
+    pub interval: u16,
+    /// Timestamp sub-TLV: sender's clock at transmission, microseconds.
+    pub timestamp: Option<u32>,
+}
+
+/// The RTT extension's timestamps carried by an IHU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IhuTimestamp {
+    /// The timestamp of the last Hello received from the IHU's recipient.
+    pub origin: u32,
+    /// The IHU sender's clock when it received that Hello, microseconds.
+    pub receive: u32,
+}
+
+/// I Heard You (type 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ihu {
+    /// Receive cost of the link as seen by the sender.
+    pub rxcost: u16,
+    /// Interval to the next IHU, in centiseconds.
+    pub interval: u16,
+    /// The neighbour this IHU is about; `None` (AE 0) means the receiver.
+    pub address: Option<IpAddr>,
+    /// Timestamp sub-TLV.
+    pub timestamp: Option<IhuTimestamp>,
+}
+
+/// Router-Id (type 6): applies to the following Updates in the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouterId {
+    /// The router-id.
+    pub router_id: [u8; 8],
+}
+
+/// Next Hop (type 7): applies to the following Updates of its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    /// The next-hop address (AE 3 is used for `fe80::/64` addresses).
+    pub address: IpAddr,
+}
+
+/// Update (type 8), decompressed and resolved against the parser state.
+///
+/// `router_id` and `next_hop` are context, not fields of the Update TLV:
+/// the parser fills them from the preceding Router-Id / Next-Hop TLVs (or
+/// the router-id flag), and [`super::PacketBuilder`] emits Router-Id and
+/// Next-Hop TLVs before the Update when they differ from what the packet
+/// already established. [`Tlv::emit`] alone does not write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Update {
+    /// Interval to the next Update for this prefix, in centiseconds.
+    pub interval: u16,
+    /// Source seqno.
+    pub seqno: u16,
+    /// Metric; [`INFINITY`] retracts.
+    pub metric: u16,
+    /// Destination; `None` (AE 0) is a wildcard retraction of every route
+    /// from the sender.
+    pub prefix: Option<Prefix>,
+    /// IPv4 prefix with an IPv6 next hop (AE 4, RFC 9229).
+    pub v4_via_v6: bool,
+    /// RFC 9079 source prefix (same family as `prefix`).
+    pub src_prefix: Option<Prefix>,
+    /// The router-id in force for this Update, if any.
+    pub router_id: Option<[u8; 8]>,
+    /// The next hop in force for this Update's family; `None` means the
+    /// sender's source address. For plain IPv4 Updates (AE 1) the router
+    /// needs an IPv4 next hop and should ignore the Update without one.
+    pub next_hop: Option<IpAddr>,
+}
+
+/// Route Request (type 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteRequest {
+    /// Requested destination; `None` (AE 0) asks for a full dump.
+    pub prefix: Option<Prefix>,
+    /// Request for the v4-via-v6 encoding (AE 4).
+    pub v4_via_v6: bool,
+    /// RFC 9079 source prefix.
+    pub src_prefix: Option<Prefix>,
+}
+
+/// Seqno Request (type 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeqnoRequest {
+    /// Requested seqno.
+    pub seqno: u16,
+    /// Remaining hop count.
+    pub hop_count: u8,
+    /// Router-id of the source whose seqno is requested.
+    pub router_id: [u8; 8],
+    /// Requested destination.
+    pub prefix: Prefix,
+    /// Request for the v4-via-v6 encoding (AE 4).
+    pub v4_via_v6: bool,
+    /// RFC 9079 source prefix.
+    pub src_prefix: Option<Prefix>,
+}
+
+/// Challenge Request (type 13, RFC 8967).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChallengeRequest<'a> {
+    /// Nonce to echo (at most 192 bytes).
+    pub nonce: &'a [u8],
+}
+
+/// Challenge Reply (type 14, RFC 8967).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChallengeReply<'a> {
+    /// The nonce of the request being answered.
+    pub nonce: &'a [u8],
+}
+
+/// Packet counter (type 15, RFC 8967).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Pc<'a> {
+    /// Packet counter.
+    pub pc: u32,
+    /// Index of the counter (at most 32 bytes).
+    pub index: &'a [u8],
+}
+
+/// MAC (type 16, RFC 8967), found in the packet trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac<'a> {
+    /// The MAC value.
+    pub mac: &'a [u8],
+}
+
+/// A TLV of a type this implementation does not know; skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Unknown<'a> {
+    /// Its type code.
+    pub tlv_type: u8,
+    /// Its body.
+    pub body: &'a [u8],
+}
+
+/// Why a well-formed TLV must be ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// It carries a mandatory sub-TLV (type ≥ 128) we do not know.
+    UnknownMandatorySubTlv(u8),
+    /// Its address encoding is unknown or not allowed in this TLV.
+    Ae(u8),
+    /// A wildcard (AE 0) Update or Route Request carries a source prefix.
+    WildcardSourcePrefix,
+    /// A wildcard (AE 0) Update has a finite metric.
+    WildcardFiniteMetric,
+}
+
+/// A TLV that must be ignored (RFC 8966 §4.4), reported so that the
+/// router can log it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dropped {
+    /// Its type.
+    pub tlv_type: TlvType,
+    /// Why it is ignored.
+    pub reason: DropReason,
+}
+
+/// One TLV, typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tlv<'a> {
+    /// Pad1.
+    Pad1,
+    /// PadN with this many bytes of body.
+    PadN(u8),
+    /// Acknowledgment request.
+    AckReq(AckReq),
+    /// Acknowledgment.
+    Ack(Ack),
+    /// Hello.
+    Hello(Hello),
+    /// I Heard You.
+    Ihu(Ihu),
+    /// Router-Id.
+    RouterId(RouterId),
+    /// Next Hop.
+    NextHop(NextHop),
+    /// Update.
+    Update(Update),
+    /// Route Request.
+    RouteRequest(RouteRequest),
+    /// Seqno Request.
+    SeqnoRequest(SeqnoRequest),
+    /// Challenge Request.
+    ChallengeRequest(ChallengeRequest<'a>),
+    /// Challenge Reply.
+    ChallengeReply(ChallengeReply<'a>),
+    /// Packet counter.
+    Pc(Pc<'a>),
+    /// MAC.
+    Mac(Mac<'a>),
+    /// Unknown type, skipped.
+    Unknown(Unknown<'a>),
+    /// Known but to be ignored.
+    Dropped(Dropped),
+}
+
+/// The parser state of RFC 8966 §4.5, reset for every packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseState {
+    /// Default prefixes for compression.
+    pub compression: CompressionState,
+    /// Current router-id.
+    pub router_id: Option<[u8; 8]>,
+    /// Current IPv4 next hop.
+    pub next_hop_v4: Option<IpAddr>,
+    /// Current IPv6 next hop.
+    pub next_hop_v6: Option<IpAddr>,
+}
+
+/// Iterator over the TLVs of a packet body (or trailer), carrying the
+/// parser state. Yields `Err` once, for the first malformed TLV, then ends.
+#[derive(Debug, Clone)]
+pub struct Tlvs<'a> {
+    rest: &'a [u8],
+    state: ParseState,
+}
+
+impl<'a> Tlvs<'a> {
+    /// Iterates over the TLVs in `bytes` with a fresh parser state.
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            rest: bytes,
+            state: ParseState::default(),
+        }
+    }
+
+    /// The parser state after the TLVs yielded so far.
+    pub fn state(&self) -> &ParseState {
+        &self.state
+    }
+}
+
+impl<'a> Iterator for Tlvs<'a> {
+    type Item = Result<Tlv<'a>, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let result = TlvBuf::new_checked(self.rest).and_then(|buf| {
+            self.rest = &self.rest[buf.total_len()..];
+            Tlv::parse(&buf, &mut self.state)
+        });
+        if result.is_err() {
+            self.rest = &[];
+        }
+        Some(result)
+    }
+}
+
+/// What the sub-TLVs of one TLV carried.
+#[derive(Default)]
+struct SubInfo<'a> {
+    timestamp: Option<&'a [u8]>,
+    src: Option<(u8, &'a [u8])>,
+    drop: Option<DropReason>,
+}
+
+/// Scans sub-TLVs; `ts_len` is the timestamp size this TLV understands
+/// (0: none), `src_ok` whether a source prefix is allowed.
+fn scan_subtlvs(bytes: &[u8], ts_len: usize, src_ok: bool) -> Result<SubInfo<'_>, Error> {
+    let mut info = SubInfo::default();
+    for sub in SubTlvs::new(bytes) {
+        let sub = sub?;
+        match sub.sub_tlv_type() {
+            SubTlvType::Pad1 | SubTlvType::PadN | SubTlvType::Diversity => {}
+            SubTlvType::Timestamp => {
+                // babeld ignores a timestamp of the wrong size; so do we.
+                if ts_len > 0 && sub.body().len() >= ts_len {
+                    info.timestamp = Some(&sub.body()[..ts_len]);
+                }
+            }
+            SubTlvType::SourcePrefix if src_ok => {
+                let Some((&plen, prefix)) = sub.body().split_first() else {
+                    return Err(Error::Truncated("source prefix sub-tlv"));
+                };
+                if info.src.is_some() {
+                    return Err(Error::Malformed("duplicate source prefix sub-tlv"));
+                }
+                info.src = Some((plen, prefix));
+            }
+            other => {
+                if other.is_mandatory() && info.drop.is_none() {
+                    info.drop = Some(DropReason::UnknownMandatorySubTlv(other.into()));
+                }
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// Decodes a source prefix sub-TLV body for a TLV of encoding `ae`.
+fn source_prefix(ae: Ae, src: Option<(u8, &[u8])>) -> Result<Option<Prefix>, Error> {
+    let Some((plen, bytes)) = src else {
+        return Ok(None);
+    };
+    if plen == 0 {
+        return Err(Error::Malformed("source prefix of length 0"));
+    }
+    let ae = if ae == Ae::LinkLocal { Ae::Ipv6 } else { ae };
+    match parse_prefix(ae, plen, 0, bytes, &CompressionState::default())? {
+        Ok((prefix, _)) => Ok(prefix),
+        Err(_) => Err(Error::Malformed("source prefix encoding")),
+    }
+}
+
+fn need(body: &[u8], len: usize, what: &'static str) -> Result<(), Error> {
+    if body.len() < len {
+        Err(Error::Truncated(what))
+    } else {
+        Ok(())
+    }
+}
+
+fn dropped<'a>(ty: TlvType, reason: DropReason) -> Result<Tlv<'a>, Error> {
+    Ok(Tlv::Dropped(Dropped {
+        tlv_type: ty,
+        reason,
+    }))
+}
+
+impl<'a> Tlv<'a> {
+    /// Parses the TLV in `buf`, updating the parser `state` (router-id,
+    /// next hops, default prefixes) as RFC 8966 §4.5 prescribes.
+    pub fn parse(buf: &TlvBuf<'a>, state: &mut ParseState) -> Result<Self, Error> {
+        let b = buf.body();
+        let ty = buf.tlv_type();
+        let tlv = match ty {
+            TlvType::Pad1 => Self::Pad1,
+            TlvType::PadN => Self::PadN(b.len() as u8),
+            TlvType::AckReq => {
+                need(b, 6, "ack request")?;
+                let info = scan_subtlvs(&b[6..], 0, false)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                Self::AckReq(AckReq {
+                    opaque: be16(b, 2),
+                    interval: be16(b, 4),
+                })
+            }
+            TlvType::Ack => {
+                need(b, 2, "ack")?;
+                let info = scan_subtlvs(&b[2..], 0, false)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                Self::Ack(Ack { opaque: be16(b, 0) })
+            }
+            TlvType::Hello => {
+                need(b, 6, "hello")?;
+                let info = scan_subtlvs(&b[6..], 4, false)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                Self::Hello(Hello {
+                    unicast: b[0] & 0x80 != 0,
+                    seqno: be16(b, 2),
+                    interval: be16(b, 4),
+                    timestamp: info.timestamp.map(|t| be32(t, 0)),
+                })
+            }
+            TlvType::Ihu => {
+                need(b, 6, "ihu")?;
+                let ae = Ae::from(b[0]);
+                let (address, alen) = match parse_address(ae, &b[6..])? {
+                    Ok(a) => a,
+                    Err(ae) => return dropped(ty, DropReason::Ae(ae.into())),
+                };
+                let info = scan_subtlvs(&b[6 + alen..], 8, false)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                Self::Ihu(Ihu {
+                    rxcost: be16(b, 2),
+                    interval: be16(b, 4),
+                    address,
+                    timestamp: info.timestamp.map(|t| IhuTimestamp {
+                        origin: be32(t, 0),
+                        receive: be32(t, 4),
+                    }),
+                })
+            }
+            TlvType::RouterId => {
+                need(b, 10, "router-id")?;
+                let mut router_id = [0; 8];
+                router_id.copy_from_slice(&b[2..10]);
+                let info = scan_subtlvs(&b[10..], 0, false)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                state.router_id = Some(router_id);
+                Self::RouterId(RouterId { router_id })
+            }
+            TlvType::NextHop => {
+                need(b, 2, "next hop")?;
+                let ae = Ae::from(b[0]);
+                let Ok((Some(address), _)) = parse_address(ae, &b[2..])? else {
+                    return dropped(ty, DropReason::Ae(ae.into()));
+                };
+                let info = scan_subtlvs(&b[2 + address_len(ae)..], 0, false)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                if address.is_ipv4() {
+                    state.next_hop_v4 = Some(address);
+                } else {
+                    state.next_hop_v6 = Some(address);
+                }
+                Self::NextHop(NextHop { address })
+            }
+            TlvType::Update => return parse_update(b, state),
+            TlvType::RouteRequest => {
+                need(b, 2, "route request")?;
+                let ae = Ae::from(b[0]);
+                let none = CompressionState::default();
+                let (prefix, plen) = match parse_prefix(ae, b[1], 0, &b[2..], &none)? {
+                    Ok(p) => p,
+                    Err(ae) => return dropped(ty, DropReason::Ae(ae.into())),
+                };
+                let info = scan_subtlvs(&b[2 + plen..], 0, true)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                if prefix.is_none() && info.src.is_some() {
+                    return dropped(ty, DropReason::WildcardSourcePrefix);
+                }
+                Self::RouteRequest(RouteRequest {
+                    prefix,
+                    v4_via_v6: ae == Ae::V4ViaV6,
+                    src_prefix: source_prefix(ae, info.src)?,
+                })
+            }
+            TlvType::SeqnoRequest => {
+                need(b, 14, "seqno request")?;
+                let ae = Ae::from(b[0]);
+                let none = CompressionState::default();
+                let Ok((Some(prefix), plen)) = parse_prefix(ae, b[1], 0, &b[14..], &none)? else {
+                    return dropped(ty, DropReason::Ae(ae.into()));
+                };
+                let info = scan_subtlvs(&b[14 + plen..], 0, true)?;
+                if let Some(reason) = info.drop {
+                    return dropped(ty, reason);
+                }
+                let mut router_id = [0; 8];
+                router_id.copy_from_slice(&b[6..14]);
+                Self::SeqnoRequest(SeqnoRequest {
+                    seqno: be16(b, 2),
+                    hop_count: b[4],
+                    router_id,
+                    prefix,
+                    v4_via_v6: ae == Ae::V4ViaV6,
+                    src_prefix: source_prefix(ae, info.src)?,
+                })
+            }
+            TlvType::ChallengeRequest => {
+                if b.len() > MAX_NONCE {
+                    return Err(Error::Malformed("challenge nonce over 192 bytes"));
+                }
+                Self::ChallengeRequest(ChallengeRequest { nonce: b })
+            }
+            TlvType::ChallengeReply => {
+                if b.len() > MAX_NONCE {
+                    return Err(Error::Malformed("challenge nonce over 192 bytes"));
+                }
+                Self::ChallengeReply(ChallengeReply { nonce: b })
+            }
+            TlvType::Pc => {
+                need(b, 4, "packet counter")?;
+                if b.len() > 4 + MAX_INDEX {
+                    return Err(Error::Malformed("pc index over 32 bytes"));
+                }
+                Self::Pc(Pc {
+                    pc: be32(b, 0),
+                    index: &b[4..],
+                })
+            }
+            TlvType::Mac => Self::Mac(Mac { mac: b }),
+            TlvType::Unknown(code) => Self::Unknown(Unknown {
+                tlv_type: code,
+                body: b,
+            }),
+        };
+        Ok(tlv)
+    }
+
+    /// The TLV type.
+    pub fn tlv_type(&self) -> TlvType {
+        match self {
+            Self::Pad1 => TlvType::Pad1,
+            Self::PadN(_) => TlvType::PadN,
+            Self::AckReq(_) => TlvType::AckReq,
+            Self::Ack(_) => TlvType::Ack,
+            Self::Hello(_) => TlvType::Hello,
+            Self::Ihu(_) => TlvType::Ihu,
+            Self::RouterId(_) => TlvType::RouterId,
+            Self::NextHop(_) => TlvType::NextHop,
+            Self::Update(_) => TlvType::Update,
+            Self::RouteRequest(_) => TlvType::RouteRequest,
+            Self::SeqnoRequest(_) => TlvType::SeqnoRequest,
+            Self::ChallengeRequest(_) => TlvType::ChallengeRequest,
+            Self::ChallengeReply(_) => TlvType::ChallengeReply,
+            Self::Pc(_) => TlvType::Pc,
+            Self::Mac(_) => TlvType::Mac,
+            Self::Unknown(u) => TlvType::Unknown(u.tlv_type),
+            Self::Dropped(d) => d.tlv_type,
+        }
+    }
+
+    /// Checks that this TLV can be emitted: bodies fit in 255 bytes, source
+    /// prefixes match the family of their destination, and `Dropped` is
+    /// not emitted.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let src_family = |prefix: Option<&Prefix>, src: &Option<Prefix>| match (prefix, src) {
+            (Some(p), Some(s)) if p.is_ipv4() != s.is_ipv4() => {
+                Err("source prefix family differs from the destination's")
+            }
+            (None, Some(_)) => Err("source prefix on a wildcard"),
+            (_, Some(s)) if s.len() == 0 => Err("source prefix of length 0"),
+            _ => Ok(()),
+        };
+        match self {
+            Self::Dropped(_) => return Err("a dropped tlv cannot be emitted"),
+            Self::Pad1 => return Ok(()),
+            Self::Update(u) => src_family(u.prefix.as_ref(), &u.src_prefix)?,
+            Self::RouteRequest(r) => src_family(r.prefix.as_ref(), &r.src_prefix)?,
+            Self::SeqnoRequest(r) => src_family(Some(&r.prefix), &r.src_prefix)?,
+            Self::ChallengeRequest(ChallengeRequest { nonce })
+            | Self::ChallengeReply(ChallengeReply { nonce })
+                if nonce.len() > MAX_NONCE =>
+            {
+                return Err("challenge nonce over 192 bytes")
+            }
+            Self::Pc(p) if p.index.len() > MAX_INDEX => return Err("pc index over 32 bytes"),
+            _ => {}
+        }
+        // The largest body is bounded; an Unknown or Mac body may not be.
+        if self.buffer_len(&CompressionState::default()) > 257 {
+            return Err("tlv body over 255 bytes");
+        }
+        Ok(())
+    }
+
+    /// Bytes this TLV takes on the wire, given the compression state
+    /// (which only matters for Updates).
+    pub fn buffer_len(&self, compression: &CompressionState) -> usize {
+        if let Self::Pad1 = self {
+            return 1;
+        }
+        2 + self.body_len(compression)
+    }
+
+    fn body_len(&self, compression: &CompressionState) -> usize {
+        let src_len = |src: &Option<Prefix>| src.map_or(0, |s| 3 + s.byte_len());
+        match self {
+            Self::Pad1 => 0,
+            Self::PadN(n) => usize::from(*n),
+            Self::AckReq(_) => 6,
+            Self::Ack(_) => 2,
+            Self::Hello(h) => 6 + if h.timestamp.is_some() { 6 } else { 0 },
+            Self::Ihu(i) => {
+                6 + i.address.map_or(0, |a| address_len(address_ae(&a)))
+                    + if i.timestamp.is_some() { 10 } else { 0 }
+            }
+            Self::RouterId(_) => 10,
+            Self::NextHop(n) => 2 + address_len(address_ae(&n.address)),
+            Self::Update(u) => {
+                let prefix_len = u.prefix.map_or(0, |p| {
+                    let ae = prefix_ae(&p, u.v4_via_v6);
+                    p.byte_len() - compression.omittable(ae, &p)
+                });
+                10 + prefix_len + src_len(&u.src_prefix)
+            }
+            Self::RouteRequest(r) => {
+                2 + r.prefix.map_or(0, |p| p.byte_len()) + src_len(&r.src_prefix)
+            }
+            Self::SeqnoRequest(r) => 14 + r.prefix.byte_len() + src_len(&r.src_prefix),
+            Self::ChallengeRequest(c) => c.nonce.len(),
+            Self::ChallengeReply(c) => c.nonce.len(),
+            Self::Pc(p) => 4 + p.index.len(),
+            Self::Mac(m) => m.mac.len(),
+            Self::Unknown(u) => u.body.len(),
+            Self::Dropped(_) => 0,
+        }
+    }
+
+    /// Writes the TLV at the start of `buf`, updating the compression
+    /// state for Updates, and returns its length.
+    ///
+    /// # Panics
+    ///
+    /// If `buf` is shorter than [`Self::buffer_len`] or [`Self::check`]
+    /// fails. [`super::PacketBuilder`] checks both and never panics.
+    pub fn emit(&self, buf: &mut [u8], compression: &mut CompressionState) -> usize {
+        if let Err(e) = self.check() {
+            panic!("cannot emit tlv: {e}");
+        }
+        let len = self.buffer_len(compression);
+        let buf = &mut buf[..len];
+        buf[0] = self.tlv_type().into();
+        if len == 1 {
+            return 1;
+        }
+        // check() bounds every body to 255 bytes.
+        buf[1] = (len - 2) as u8;
+        let b = &mut buf[2..];
+        match self {
+            Self::Pad1 | Self::Dropped(_) => {}
+            Self::PadN(_) => b.fill(0),
+            Self::AckReq(a) => {
+                b[..2].fill(0);
+                b[2..4].copy_from_slice(&a.opaque.to_be_bytes());
+                b[4..6].copy_from_slice(&a.interval.to_be_bytes());
+            }
+            Self::Ack(a) => b.copy_from_slice(&a.opaque.to_be_bytes()),
+            Self::Hello(h) => {
+                b[0] = if h.unicast { 0x80 } else { 0 };
+                b[1] = 0;
+                b[2..4].copy_from_slice(&h.seqno.to_be_bytes());
+                b[4..6].copy_from_slice(&h.interval.to_be_bytes());
+                if let Some(t) = h.timestamp {
+                    b[6] = SubTlvType::Timestamp.into();
+                    b[7] = 4;
+                    b[8..12].copy_from_slice(&t.to_be_bytes());
+                }
+            }
+            Self::Ihu(i) => {
+                b[0] = i.address.map_or(Ae::Wildcard, |a| address_ae(&a)).into();
+                b[1] = 0;
+                b[2..4].copy_from_slice(&i.rxcost.to_be_bytes());
+                b[4..6].copy_from_slice(&i.interval.to_be_bytes());
+                let n = 6 + i.address.map_or(0, |a| emit_address(&a, &mut b[6..]));
+                if let Some(t) = i.timestamp {
+                    b[n] = SubTlvType::Timestamp.into();
+                    b[n + 1] = 8;
+                    b[n + 2..n + 6].copy_from_slice(&t.origin.to_be_bytes());
+                    b[n + 6..n + 10].copy_from_slice(&t.receive.to_be_bytes());
+                }
+            }
+            Self::RouterId(r) => {
+                b[..2].fill(0);
+                b[2..10].copy_from_slice(&r.router_id);
+            }
+            Self::NextHop(n) => {
+                b[0] = address_ae(&n.address).into();
+                b[1] = 0;
+                emit_address(&n.address, &mut b[2..]);
+            }
+            Self::Update(u) => {
+                let (ae, omitted) = match &u.prefix {
+                    None => (Ae::Wildcard, 0),
+                    Some(p) => {
+                        let ae = prefix_ae(p, u.v4_via_v6);
+                        (ae, compression.omittable(ae, p))
+                    }
+                };
+                let plen = u.prefix.map_or(0, |p| p.len());
+                let set_default = u.prefix.is_some_and(|p| p.byte_len() > 0);
+                b[0] = ae.into();
+                b[1] = if set_default { 0x80 } else { 0 };
+                b[2] = plen;
+                b[3] = omitted as u8;
+                b[4..6].copy_from_slice(&u.interval.to_be_bytes());
+                b[6..8].copy_from_slice(&u.seqno.to_be_bytes());
+                b[8..10].copy_from_slice(&u.metric.to_be_bytes());
+                let mut n = 10;
+                if let Some(p) = &u.prefix {
+                    n += emit_prefix(p, omitted, &mut b[n..]);
+                    if set_default {
+                        compression.set(ae, p);
+                    }
+                }
+                emit_src_prefix(&u.src_prefix, &mut b[n..]);
+            }
+            Self::RouteRequest(r) => {
+                b[0] = r
+                    .prefix
+                    .map_or(Ae::Wildcard, |p| prefix_ae(&p, r.v4_via_v6))
+                    .into();
+                b[1] = r.prefix.map_or(0, |p| p.len());
+                let n = 2 + r.prefix.map_or(0, |p| emit_prefix(&p, 0, &mut b[2..]));
+                emit_src_prefix(&r.src_prefix, &mut b[n..]);
+            }
+            Self::SeqnoRequest(r) => {
+                b[0] = prefix_ae(&r.prefix, r.v4_via_v6).into();
+                b[1] = r.prefix.len();
+                b[2..4].copy_from_slice(&r.seqno.to_be_bytes());
+                b[4] = r.hop_count;
+                b[5] = 0;
+                b[6..14].copy_from_slice(&r.router_id);
+                let n = 14 + emit_prefix(&r.prefix, 0, &mut b[14..]);
+                emit_src_prefix(&r.src_prefix, &mut b[n..]);
+            }
+            Self::ChallengeRequest(ChallengeRequest { nonce })
+            | Self::ChallengeReply(ChallengeReply { nonce }) => b.copy_from_slice(nonce),
+            Self::Pc(p) => {
+                b[..4].copy_from_slice(&p.pc.to_be_bytes());
+                b[4..].copy_from_slice(p.index);
+            }
+            Self::Mac(m) => b.copy_from_slice(m.mac),
+            Self::Unknown(u) => b.copy_from_slice(u.body),
+        }
+        len
+    }
+}
+
+/// Largest RFC 8967 nonce.
+const MAX_NONCE: usize = 192;
+/// Largest RFC 8967 PC index.
+const MAX_INDEX: usize = 32;
+
+fn emit_src_prefix(src: &Option<Prefix>, b: &mut [u8]) {
+    if let Some(s) = src {
+        b[0] = SubTlvType::SourcePrefix.into();
+        b[1] = (1 + s.byte_len()) as u8;
+        b[2] = s.len();
+        emit_prefix(s, 0, &mut b[3..]);
+    }
+}
+
+fn parse_update<'a>(b: &[u8], state: &mut ParseState) -> Result<Tlv<'a>, Error> {
+    let ty = TlvType::Update;
+    if b.len() < 10 {
+        if b.len() < 2 || b[1] & 0x80 != 0 {
+            state.compression.clear();
+        }
+        return Err(Error::Truncated("update"));
+    }
+    let ae = Ae::from(b[0]);
+    let flags = b[1];
+    let prefix = match parse_prefix(ae, b[2], b[3], &b[10..], &state.compression) {
+        Ok(Ok(p)) => p,
+        Ok(Err(ae)) => return dropped(ty, DropReason::Ae(ae.into())),
+        Err(e) => {
+            if flags & 0x80 != 0 {
+                state.compression.clear();
+            }
+            return Err(e);
+        }
+    };
+    let (prefix, plen) = prefix;
+    if let Some(p) = &prefix {
+        if flags & 0x80 != 0 {
+            state.compression.set(ae, p);
+        }
+        if flags & 0x40 != 0 {
+            let bytes = p.bytes();
+            let mut id = [0; 8];
+            if p.is_ipv4() {
+                id[4..].copy_from_slice(&bytes[..4]);
+            } else {
+                id.copy_from_slice(&bytes[8..]);
+            }
+            state.router_id = Some(id);
+        }
+    }
+    let metric = be16(b, 8);
+    let info = scan_subtlvs(&b[10 + plen..], 0, true)?;
+    if let Some(reason) = info.drop {
+        return dropped(ty, reason);
+    }
+    if prefix.is_none() {
+        if info.src.is_some() {
+            return dropped(ty, DropReason::WildcardSourcePrefix);
+        }
+        if metric != INFINITY {
+            return dropped(ty, DropReason::WildcardFiniteMetric);
+        }
+    }
+    let next_hop = match ae {
+        Ae::Ipv4 => state.next_hop_v4,
+        Ae::Wildcard => None,
+        _ => state.next_hop_v6,
+    };
+    Ok(Tlv::Update(Update {
+        interval: be16(b, 4),
+        seqno: be16(b, 6),
+        metric,
+        prefix,
+        v4_via_v6: ae == Ae::V4ViaV6,
+        src_prefix: source_prefix(ae, info.src)?,
+        router_id: state.router_id,
+        next_hop,
+    }))
+}
