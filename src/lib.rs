@@ -8,6 +8,7 @@
 //!   revokes certificates and publishes the signed network configuration,
 //!   with its SQLite store and a typed client.
 //! - [`kernel`]: links, addresses and routes through netlink.
+//! - [`routing`]: the Babel router's sockets, event loop and kernel routes.
 //! - [`testbed`]: network-namespace topologies for `re6st demo` and tests.
 //!
 //! Protocol logic lives in sans-I/O state machines (the `babel` crate, the
@@ -16,4 +17,5 @@
 pub mod kernel;
 pub mod pki;
 pub mod registry;
+pub mod routing;
 pub mod testbed;
