@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 pub mod router;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod wire;
 
 pub use router::{
