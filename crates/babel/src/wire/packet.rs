@@ -134,6 +134,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+impl<'a> Packet<&'a [u8]> {
+    /// The body TLVs, borrowing the buffer rather than the view.
+    pub fn into_tlvs(self) -> Tlvs<'a> {
+        let len = usize::from(self.body_len());
+        Tlvs::new(&self.buffer[HEADER_LEN..HEADER_LEN + len])
+    }
+
+    /// The trailer TLVs, borrowing the buffer rather than the view.
+    pub fn into_trailer_tlvs(self) -> Tlvs<'a> {
+        let len = usize::from(self.body_len());
+        Tlvs::new(&self.buffer[HEADER_LEN + len..])
+    }
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Writes magic, version and body length.
     ///

@@ -38,14 +38,14 @@ enum_with_unknown! {
         RouteRequest = 9,
         /// Seqno request.
         SeqnoRequest = 10,
-        /// RFC 8967 challenge request.
-        ChallengeRequest = 13,
-        /// RFC 8967 challenge reply.
-        ChallengeReply = 14,
-        /// RFC 8967 packet counter.
-        Pc = 15,
         /// RFC 8967 MAC (in the packet trailer).
         Mac = 16,
+        /// RFC 8967 packet counter.
+        Pc = 17,
+        /// RFC 8967 challenge request.
+        ChallengeRequest = 18,
+        /// RFC 8967 challenge reply.
+        ChallengeReply = 19,
     }
 }
 
@@ -225,21 +225,21 @@ pub struct SeqnoRequest {
     pub src_prefix: Option<Prefix>,
 }
 
-/// Challenge Request (type 13, RFC 8967).
+/// Challenge Request (type 18, RFC 8967).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChallengeRequest<'a> {
     /// Nonce to echo (at most 192 bytes).
     pub nonce: &'a [u8],
 }
 
-/// Challenge Reply (type 14, RFC 8967).
+/// Challenge Reply (type 19, RFC 8967).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ChallengeReply<'a> {
     /// The nonce of the request being answered.
     pub nonce: &'a [u8],
 }
 
-/// Packet counter (type 15, RFC 8967).
+/// Packet counter (type 17, RFC 8967).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pc<'a> {
     /// Packet counter.
