@@ -185,29 +185,17 @@ fn babeld_full_dump_with_compression_source_prefixes_and_v4_via_v6() {
 
 #[test]
 fn babeld_mac_verifies_with_the_capture_key_only() {
-    let key = key();
-    let wrong = Key::new(Algorithm::HmacSha256, &[0x55; 32]).unwrap();
+    let key = [key()];
+    let wrong = [Key::new(Algorithm::HmacSha256, &[0x55; 32]).unwrap()];
     for (name, c) in all_captures() {
         if !name.starts_with("mac-") {
             continue;
         }
         let pseudo = mac::pseudo_header(c.src, c.dst);
-        assert_eq!(
-            mac::verify(&c.bytes, &pseudo, &[key.clone()]),
-            Ok(true),
-            "{name}"
-        );
-        assert_eq!(
-            mac::verify(&c.bytes, &pseudo, &[wrong.clone()]),
-            Ok(false),
-            "{name}"
-        );
+        assert_eq!(mac::verify(&c.bytes, &pseudo, &key), Ok(true), "{name}");
+        assert_eq!(mac::verify(&c.bytes, &pseudo, &wrong), Ok(false), "{name}");
         let swapped = mac::pseudo_header(c.dst, c.src);
-        assert_eq!(
-            mac::verify(&c.bytes, &swapped, &[key.clone()]),
-            Ok(false),
-            "{name}"
-        );
+        assert_eq!(mac::verify(&c.bytes, &swapped, &key), Ok(false), "{name}");
         // Every signed babeld packet carries a packet counter.
         let packet = Packet::new_checked(&c.bytes[..]).unwrap();
         assert!(
@@ -217,7 +205,7 @@ fn babeld_mac_verifies_with_the_capture_key_only() {
         // Re-signing the same header and body reproduces babeld's trailer.
         let len = packet.header_and_body().len();
         let mut buf = c.bytes.clone();
-        let signed = mac::sign(&mut buf, len, &pseudo, &[key.clone()]).unwrap();
+        let signed = mac::sign(&mut buf, len, &pseudo, &key).unwrap();
         assert_eq!(&buf[..signed], &c.bytes[..], "{name}");
     }
 }
