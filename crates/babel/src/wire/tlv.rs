@@ -102,6 +102,180 @@ impl<'a> TlvBuf<'a> {
     }
 }
 
+/// Declares a zero-copy view of a TLV body with fixed fields at fixed
+/// offsets; `new_checked` verifies the fixed part is present, so no
+/// accessor can panic. `rest` is what follows: address or prefix, then
+/// sub-TLVs.
+macro_rules! tlv_view {
+    (
+        $(#[$attr:meta])*
+        $name:ident, $what:literal, len = $len:expr,
+        { $( $(#[$fattr:meta])* $field:ident: $kind:ident @ $at:expr ),* $(,)? }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name<'a> {
+            body: &'a [u8],
+        }
+
+        impl<'a> $name<'a> {
+            /// Length of the fixed fields.
+            pub const FIXED_LEN: usize = $len;
+
+            /// Checks that `body` (a TLV body) holds the fixed fields.
+            pub fn new_checked(body: &'a [u8]) -> Result<Self, Error> {
+                if body.len() < Self::FIXED_LEN {
+                    return Err(Error::Truncated($what));
+                }
+                Ok(Self { body })
+            }
+
+            $(
+                $(#[$fattr])*
+                pub fn $field(&self) -> tlv_view!(@ty $kind) {
+                    tlv_view!(@get $kind, self.body, $at)
+                }
+            )*
+
+            /// The bytes after the fixed fields.
+            pub fn rest(&self) -> &'a [u8] {
+                &self.body[Self::FIXED_LEN..]
+            }
+        }
+    };
+    (@ty u8) => { u8 };
+    (@ty u16) => { u16 };
+    (@ty u32) => { u32 };
+    (@ty id) => { [u8; 8] };
+    (@get u8, $b:expr, $at:expr) => { $b[$at] };
+    (@get u16, $b:expr, $at:expr) => { be16($b, $at) };
+    (@get u32, $b:expr, $at:expr) => { be32($b, $at) };
+    (@get id, $b:expr, $at:expr) => {{
+        let mut id = [0; 8];
+        id.copy_from_slice(&$b[$at..$at + 8]);
+        id
+    }};
+}
+
+tlv_view! {
+    /// View of an Ack Request body.
+    AckReqView, "ack request", len = 6, {
+        /// Opaque value.
+        opaque: u16 @ 2,
+        /// Interval, centiseconds.
+        interval: u16 @ 4,
+    }
+}
+
+tlv_view! {
+    /// View of an Ack body.
+    AckView, "ack", len = 2, {
+        /// Opaque value.
+        opaque: u16 @ 0,
+    }
+}
+
+tlv_view! {
+    /// View of a Hello body.
+    HelloView, "hello", len = 6, {
+        /// Flags (0x8000: unicast).
+        flags: u16 @ 0,
+        /// Seqno.
+        seqno: u16 @ 2,
+        /// Interval, centiseconds.
+        interval: u16 @ 4,
+    }
+}
+
+tlv_view! {
+    /// View of an IHU body; `rest` starts with the address.
+    IhuView, "ihu", len = 6, {
+        /// Address encoding.
+        ae: u8 @ 0,
+        /// Receive cost.
+        rxcost: u16 @ 2,
+        /// Interval, centiseconds.
+        interval: u16 @ 4,
+    }
+}
+
+tlv_view! {
+    /// View of a Router-Id body.
+    RouterIdView, "router-id", len = 10, {
+        /// Router-id.
+        router_id: id @ 2,
+    }
+}
+
+tlv_view! {
+    /// View of a Next Hop body; `rest` starts with the address.
+    NextHopView, "next hop", len = 2, {
+        /// Address encoding.
+        ae: u8 @ 0,
+    }
+}
+
+tlv_view! {
+    /// View of an Update body; `rest` starts with the (compressed) prefix.
+    UpdateView, "update", len = 10, {
+        /// Address encoding.
+        ae: u8 @ 0,
+        /// Flags (0x80: set default prefix, 0x40: router-id from prefix).
+        flags: u8 @ 1,
+        /// Prefix length in bits.
+        plen: u8 @ 2,
+        /// Leading bytes taken from the default prefix.
+        omitted: u8 @ 3,
+        /// Interval, centiseconds.
+        interval: u16 @ 4,
+        /// Seqno.
+        seqno: u16 @ 6,
+        /// Metric.
+        metric: u16 @ 8,
+    }
+}
+
+tlv_view! {
+    /// View of a Route Request body; `rest` starts with the prefix.
+    RouteRequestView, "route request", len = 2, {
+        /// Address encoding.
+        ae: u8 @ 0,
+        /// Prefix length in bits.
+        plen: u8 @ 1,
+    }
+}
+
+tlv_view! {
+    /// View of a Seqno Request body; `rest` starts with the prefix.
+    SeqnoRequestView, "seqno request", len = 14, {
+        /// Address encoding.
+        ae: u8 @ 0,
+        /// Prefix length in bits.
+        plen: u8 @ 1,
+        /// Requested seqno.
+        seqno: u16 @ 2,
+        /// Hop count.
+        hop_count: u8 @ 4,
+        /// Router-id.
+        router_id: id @ 6,
+    }
+}
+
+tlv_view! {
+    /// View of a PC body; `rest` is the index.
+    PcView, "packet counter", len = 4, {
+        /// Packet counter.
+        pc: u32 @ 0,
+    }
+}
+
+/// Hello flag: unicast Hello.
+const HELLO_UNICAST: u16 = 0x8000;
+/// Update flag: this prefix becomes the default for compression.
+const UPDATE_SET_DEFAULT: u8 = 0x80;
+/// Update flag: the router-id is the low bits of this prefix.
+const UPDATE_ROUTER_ID: u8 = 0x40;
+
 /// Acknowledgment request (type 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AckReq {
@@ -436,14 +610,6 @@ fn source_prefix(ae: Ae, src: Option<(u8, &[u8])>) -> Result<Option<Prefix>, Err
     }
 }
 
-fn need(body: &[u8], len: usize, what: &'static str) -> Result<(), Error> {
-    if body.len() < len {
-        Err(Error::Truncated(what))
-    } else {
-        Ok(())
-    }
-}
-
 fn dropped<'a>(ty: TlvType, reason: DropReason) -> Result<Tlv<'a>, Error> {
     Ok(Tlv::Dropped(Dropped {
         tlv_type: ty,
@@ -459,53 +625,54 @@ impl<'a> Tlv<'a> {
         let ty = buf.tlv_type();
         let tlv = match ty {
             TlvType::Pad1 => Self::Pad1,
+            // A TLV body is at most 255 bytes long.
             TlvType::PadN => Self::PadN(b.len() as u8),
             TlvType::AckReq => {
-                need(b, 6, "ack request")?;
-                let info = scan_subtlvs(&b[6..], 0, false)?;
+                let v = AckReqView::new_checked(b)?;
+                let info = scan_subtlvs(v.rest(), 0, false)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
                 Self::AckReq(AckReq {
-                    opaque: be16(b, 2),
-                    interval: be16(b, 4),
+                    opaque: v.opaque(),
+                    interval: v.interval(),
                 })
             }
             TlvType::Ack => {
-                need(b, 2, "ack")?;
-                let info = scan_subtlvs(&b[2..], 0, false)?;
+                let v = AckView::new_checked(b)?;
+                let info = scan_subtlvs(v.rest(), 0, false)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
-                Self::Ack(Ack { opaque: be16(b, 0) })
+                Self::Ack(Ack { opaque: v.opaque() })
             }
             TlvType::Hello => {
-                need(b, 6, "hello")?;
-                let info = scan_subtlvs(&b[6..], 4, false)?;
+                let v = HelloView::new_checked(b)?;
+                let info = scan_subtlvs(v.rest(), 4, false)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
                 Self::Hello(Hello {
-                    unicast: b[0] & 0x80 != 0,
-                    seqno: be16(b, 2),
-                    interval: be16(b, 4),
+                    unicast: v.flags() & HELLO_UNICAST != 0,
+                    seqno: v.seqno(),
+                    interval: v.interval(),
                     timestamp: info.timestamp.map(|t| be32(t, 0)),
                 })
             }
             TlvType::Ihu => {
-                need(b, 6, "ihu")?;
-                let ae = Ae::from(b[0]);
-                let (address, alen) = match parse_address(ae, &b[6..])? {
+                let v = IhuView::new_checked(b)?;
+                let ae = Ae::from(v.ae());
+                let (address, alen) = match parse_address(ae, v.rest())? {
                     Ok(a) => a,
                     Err(ae) => return dropped(ty, DropReason::Ae(ae.into())),
                 };
-                let info = scan_subtlvs(&b[6 + alen..], 8, false)?;
+                let info = scan_subtlvs(&v.rest()[alen..], 8, false)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
                 Self::Ihu(Ihu {
-                    rxcost: be16(b, 2),
-                    interval: be16(b, 4),
+                    rxcost: v.rxcost(),
+                    interval: v.interval(),
                     address,
                     timestamp: info.timestamp.map(|t| IhuTimestamp {
                         origin: be32(t, 0),
@@ -514,23 +681,23 @@ impl<'a> Tlv<'a> {
                 })
             }
             TlvType::RouterId => {
-                need(b, 10, "router-id")?;
-                let mut router_id = [0; 8];
-                router_id.copy_from_slice(&b[2..10]);
-                let info = scan_subtlvs(&b[10..], 0, false)?;
+                let v = RouterIdView::new_checked(b)?;
+                let info = scan_subtlvs(v.rest(), 0, false)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
-                state.router_id = Some(router_id);
-                Self::RouterId(RouterId { router_id })
+                state.router_id = Some(v.router_id());
+                Self::RouterId(RouterId {
+                    router_id: v.router_id(),
+                })
             }
             TlvType::NextHop => {
-                need(b, 2, "next hop")?;
-                let ae = Ae::from(b[0]);
-                let Ok((Some(address), _)) = parse_address(ae, &b[2..])? else {
+                let v = NextHopView::new_checked(b)?;
+                let ae = Ae::from(v.ae());
+                let Ok((Some(address), alen)) = parse_address(ae, v.rest())? else {
                     return dropped(ty, DropReason::Ae(ae.into()));
                 };
-                let info = scan_subtlvs(&b[2 + address_len(ae)..], 0, false)?;
+                let info = scan_subtlvs(&v.rest()[alen..], 0, false)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
@@ -543,14 +710,14 @@ impl<'a> Tlv<'a> {
             }
             TlvType::Update => return parse_update(b, state),
             TlvType::RouteRequest => {
-                need(b, 2, "route request")?;
-                let ae = Ae::from(b[0]);
+                let v = RouteRequestView::new_checked(b)?;
+                let ae = Ae::from(v.ae());
                 let none = CompressionState::default();
-                let (prefix, plen) = match parse_prefix(ae, b[1], 0, &b[2..], &none)? {
+                let (prefix, plen) = match parse_prefix(ae, v.plen(), 0, v.rest(), &none)? {
                     Ok(p) => p,
                     Err(ae) => return dropped(ty, DropReason::Ae(ae.into())),
                 };
-                let info = scan_subtlvs(&b[2 + plen..], 0, true)?;
+                let info = scan_subtlvs(&v.rest()[plen..], 0, true)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
@@ -564,22 +731,21 @@ impl<'a> Tlv<'a> {
                 })
             }
             TlvType::SeqnoRequest => {
-                need(b, 14, "seqno request")?;
-                let ae = Ae::from(b[0]);
+                let v = SeqnoRequestView::new_checked(b)?;
+                let ae = Ae::from(v.ae());
                 let none = CompressionState::default();
-                let Ok((Some(prefix), plen)) = parse_prefix(ae, b[1], 0, &b[14..], &none)? else {
+                let Ok((Some(prefix), plen)) = parse_prefix(ae, v.plen(), 0, v.rest(), &none)?
+                else {
                     return dropped(ty, DropReason::Ae(ae.into()));
                 };
-                let info = scan_subtlvs(&b[14 + plen..], 0, true)?;
+                let info = scan_subtlvs(&v.rest()[plen..], 0, true)?;
                 if let Some(reason) = info.drop {
                     return dropped(ty, reason);
                 }
-                let mut router_id = [0; 8];
-                router_id.copy_from_slice(&b[6..14]);
                 Self::SeqnoRequest(SeqnoRequest {
-                    seqno: be16(b, 2),
-                    hop_count: b[4],
-                    router_id,
+                    seqno: v.seqno(),
+                    hop_count: v.hop_count(),
+                    router_id: v.router_id(),
                     prefix,
                     v4_via_v6: ae == Ae::V4ViaV6,
                     src_prefix: source_prefix(ae, info.src)?,
@@ -598,13 +764,13 @@ impl<'a> Tlv<'a> {
                 Self::ChallengeReply(ChallengeReply { nonce: b })
             }
             TlvType::Pc => {
-                need(b, 4, "packet counter")?;
-                if b.len() > 4 + MAX_INDEX {
+                let v = PcView::new_checked(b)?;
+                if v.rest().len() > MAX_INDEX {
                     return Err(Error::Malformed("pc index over 32 bytes"));
                 }
                 Self::Pc(Pc {
-                    pc: be32(b, 0),
-                    index: &b[4..],
+                    pc: v.pc(),
+                    index: v.rest(),
                 })
             }
             TlvType::Mac => Self::Mac(Mac { mac: b }),
@@ -746,8 +912,7 @@ impl<'a> Tlv<'a> {
             }
             Self::Ack(a) => b.copy_from_slice(&a.opaque.to_be_bytes()),
             Self::Hello(h) => {
-                b[0] = if h.unicast { 0x80 } else { 0 };
-                b[1] = 0;
+                b[..2].copy_from_slice(&if h.unicast { HELLO_UNICAST } else { 0 }.to_be_bytes());
                 b[2..4].copy_from_slice(&h.seqno.to_be_bytes());
                 b[4..6].copy_from_slice(&h.interval.to_be_bytes());
                 if let Some(t) = h.timestamp {
@@ -789,7 +954,7 @@ impl<'a> Tlv<'a> {
                 let plen = u.prefix.map_or(0, |p| p.len());
                 let set_default = u.prefix.is_some_and(|p| p.byte_len() > 0);
                 b[0] = ae.into();
-                b[1] = if set_default { 0x80 } else { 0 };
+                b[1] = if set_default { UPDATE_SET_DEFAULT } else { 0 };
                 b[2] = plen;
                 b[3] = omitted as u8;
                 b[4..6].copy_from_slice(&u.interval.to_be_bytes());
@@ -852,30 +1017,35 @@ fn emit_src_prefix(src: &Option<Prefix>, b: &mut [u8]) {
 
 fn parse_update<'a>(b: &[u8], state: &mut ParseState) -> Result<Tlv<'a>, Error> {
     let ty = TlvType::Update;
-    if b.len() < 10 {
-        if b.len() < 2 || b[1] & 0x80 != 0 {
-            state.compression.clear();
-        }
-        return Err(Error::Truncated("update"));
-    }
-    let ae = Ae::from(b[0]);
-    let flags = b[1];
-    let prefix = match parse_prefix(ae, b[2], b[3], &b[10..], &state.compression) {
-        Ok(Ok(p)) => p,
-        Ok(Err(ae)) => return dropped(ty, DropReason::Ae(ae.into())),
+    let v = match UpdateView::new_checked(b) {
+        Ok(v) => v,
         Err(e) => {
-            if flags & 0x80 != 0 {
+            // babeld forgets the default prefixes when a truncated Update
+            // may have meant to set one.
+            if b.len() < 2 || b[1] & UPDATE_SET_DEFAULT != 0 {
                 state.compression.clear();
             }
             return Err(e);
         }
     };
-    let (prefix, plen) = prefix;
+    let ae = Ae::from(v.ae());
+    let flags = v.flags();
+    let parsed = parse_prefix(ae, v.plen(), v.omitted(), v.rest(), &state.compression);
+    let (prefix, plen) = match parsed {
+        Ok(Ok(p)) => p,
+        Ok(Err(ae)) => return dropped(ty, DropReason::Ae(ae.into())),
+        Err(e) => {
+            if flags & UPDATE_SET_DEFAULT != 0 {
+                state.compression.clear();
+            }
+            return Err(e);
+        }
+    };
     if let Some(p) = &prefix {
-        if flags & 0x80 != 0 {
+        if flags & UPDATE_SET_DEFAULT != 0 {
             state.compression.set(ae, p);
         }
-        if flags & 0x40 != 0 {
+        if flags & UPDATE_ROUTER_ID != 0 {
             let bytes = p.bytes();
             let mut id = [0; 8];
             if p.is_ipv4() {
@@ -886,8 +1056,8 @@ fn parse_update<'a>(b: &[u8], state: &mut ParseState) -> Result<Tlv<'a>, Error> 
             state.router_id = Some(id);
         }
     }
-    let metric = be16(b, 8);
-    let info = scan_subtlvs(&b[10 + plen..], 0, true)?;
+    let metric = v.metric();
+    let info = scan_subtlvs(&v.rest()[plen..], 0, true)?;
     if let Some(reason) = info.drop {
         return dropped(ty, reason);
     }
@@ -905,8 +1075,8 @@ fn parse_update<'a>(b: &[u8], state: &mut ParseState) -> Result<Tlv<'a>, Error> 
         _ => state.next_hop_v6,
     };
     Ok(Tlv::Update(Update {
-        interval: be16(b, 4),
-        seqno: be16(b, 6),
+        interval: v.interval(),
+        seqno: v.seqno(),
         metric,
         prefix,
         v4_via_v6: ae == Ae::V4ViaV6,
