@@ -70,12 +70,13 @@ fn prefix(s: &str) -> Prefix {
     s.parse().unwrap()
 }
 
-fn key() -> Key {
+/// The key the signed captures were made with, for `algorithm`.
+fn capture_key(algorithm: Algorithm) -> Key {
     let hex = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/mac.key"),
     )
     .unwrap();
-    Key::new(Algorithm::HmacSha256, &decode_hex(hex.trim())).unwrap()
+    Key::new(algorithm, &decode_hex(hex.trim())).unwrap()
 }
 
 #[test]
@@ -185,13 +186,29 @@ fn babeld_full_dump_with_compression_source_prefixes_and_v4_via_v6() {
 
 #[test]
 fn babeld_mac_verifies_with_the_capture_key_only() {
-    let key = [key()];
-    let wrong = [Key::new(Algorithm::HmacSha256, &[0x55; 32]).unwrap()];
+    let mut checked = 0;
     for (name, c) in all_captures() {
-        if !name.starts_with("mac-") {
+        let algorithm = if name.starts_with("mac-") {
+            Algorithm::HmacSha256
+        } else if name.starts_with("blake2s-") {
+            Algorithm::Blake2s128
+        } else {
             continue;
-        }
+        };
+        checked += 1;
+        let key = [capture_key(algorithm)];
+        let wrong = [Key::new(algorithm, &[0x55; 32]).unwrap()];
+        // The same secret under the other algorithm does not verify.
+        let other = match algorithm {
+            Algorithm::HmacSha256 => Algorithm::Blake2s128,
+            Algorithm::Blake2s128 => Algorithm::HmacSha256,
+        };
         let pseudo = mac::pseudo_header(c.src, c.dst);
+        assert_eq!(
+            mac::verify(&c.bytes, &pseudo, &[capture_key(other)]),
+            Ok(false),
+            "{name}"
+        );
         assert_eq!(mac::verify(&c.bytes, &pseudo, &key), Ok(true), "{name}");
         assert_eq!(mac::verify(&c.bytes, &pseudo, &wrong), Ok(false), "{name}");
         let swapped = mac::pseudo_header(c.dst, c.src);
@@ -208,6 +225,7 @@ fn babeld_mac_verifies_with_the_capture_key_only() {
         let signed = mac::sign(&mut buf, len, &pseudo, &key).unwrap();
         assert_eq!(&buf[..signed], &c.bytes[..], "{name}");
     }
+    assert!(checked >= 4, "signed captures missing");
 }
 
 #[test]

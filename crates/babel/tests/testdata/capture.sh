@@ -4,9 +4,10 @@
 # babeld; tcpdump records UDP 6696 on one side; extract.py writes one
 # *.hex file per interesting packet. The namespaces are removed on exit.
 #
-#   usage: capture.sh OUTDIR [mac]
+#   usage: capture.sh OUTDIR [plain|mac|blake2s]
 #
-# With "mac", both daemons sign with the key in mac.key (hmac-sha256).
+# With "mac" (hmac-sha256) or "blake2s" (blake2s128), both daemons sign
+# with the 32-byte key in mac.key.
 set -eu
 out=$(realpath "$1")
 mode=${2:-plain}
@@ -45,8 +46,11 @@ ip -n "$A" route add unreachable 10.1.3.0/24 proto static
 
 iface_opts="type wired enable-timestamps true v4-via-v6 true"
 keyconf=""
-if [ "$mode" = mac ]; then
-    keyconf="key id k1 type hmac-sha256 value $key"
+case "$mode" in
+mac) keyconf="key id k1 type hmac-sha256 value $key" ;;
+blake2s) keyconf="key id k1 type blake2s128 value $key" ;;
+esac
+if [ -n "$keyconf" ]; then
     iface_opts="$iface_opts key k1"
 fi
 
