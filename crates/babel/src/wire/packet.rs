@@ -424,6 +424,40 @@ mod tests {
     }
 
     #[test]
+    fn builder_keeps_trailer_room_and_next_hop_context() {
+        // 4 header + 12 router-id + 18 update = 34 bytes of packet; a
+        // 34-byte trailer reservation leaves no room in 60 bytes.
+        let mut buf = [0u8; 128];
+        let mut b = PacketBuilder::new(&mut buf, 60, 34);
+        assert_eq!(
+            b.push(&Tlv::Update(update("2001:db8:1::/48", 1))),
+            Err(BuildError::TooBig)
+        );
+        let mut b = PacketBuilder::new(&mut buf, 68, 34);
+        b.push(&Tlv::Update(update("2001:db8:1::/48", 1))).unwrap();
+        assert_eq!(b.remaining(), 0);
+
+        // An explicit next hop cannot be followed by "the sender" within
+        // one packet: the builder asks for a new packet.
+        let mut b = PacketBuilder::new(&mut buf, 128, 0);
+        let mut via = update("2001:db8:1::/48", 1);
+        via.next_hop = Some("fe80::9".parse().unwrap());
+        b.push(&Tlv::Update(via)).unwrap();
+        b.push(&Tlv::Update(via)).unwrap();
+        assert_eq!(
+            b.push(&Tlv::Update(update("2001:db8:2::/48", 1))),
+            Err(BuildError::Full)
+        );
+        let n = b.finish();
+        let next_hops = Packet::new_checked(&buf[..n])
+            .unwrap()
+            .into_tlvs()
+            .filter(|t| matches!(t, Ok(Tlv::NextHop(_))))
+            .count();
+        assert_eq!(next_hops, 1);
+    }
+
+    #[test]
     fn builder_rejects_inconsistent_tlvs() {
         let mut buf = [0u8; 128];
         let mut b = PacketBuilder::new(&mut buf, 128, 0);
