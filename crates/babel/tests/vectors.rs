@@ -299,3 +299,51 @@ fn truncation_at_every_offset_never_panics() {
         }
     }
 }
+
+/// The fuzz target's invariant: every TLV that parses re-encodes, with the
+/// context the builder adds, to a packet that parses back to it.
+fn reencodes_faithfully(data: &[u8]) {
+    let Ok(packet) = Packet::new_checked(data) else {
+        return;
+    };
+    for tlv in packet.into_tlvs() {
+        let Ok(tlv) = tlv else { break };
+        if matches!(tlv, Tlv::Dropped(_)) {
+            continue;
+        }
+        let mut buf = [0u8; 1024];
+        let mut builder = PacketBuilder::new(&mut buf, 1024, 0);
+        match builder.push(&tlv) {
+            Ok(()) => {}
+            Err(babel::wire::BuildError::Invalid("tlv body over 255 bytes")) => continue,
+            Err(e) => panic!("{tlv:?} parsed but cannot be re-encoded: {e}"),
+        }
+        let len = builder.finish();
+        let last = Packet::new_checked(&buf[..len])
+            .unwrap()
+            .into_tlvs()
+            .last()
+            .unwrap()
+            .unwrap();
+        assert_eq!(last, tlv);
+    }
+    let _ = mac::verify(data, &[0; mac::PSEUDO_HEADER_LEN], &[]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn mutated_captures_never_panic(
+        which in 0usize..64,
+        flips in proptest::collection::vec((0usize..512, proptest::prelude::any::<u8>()), 1..6),
+    ) {
+        let captures = all_captures();
+        let mut bytes = captures[which % captures.len()].1.bytes.clone();
+        for (at, value) in flips {
+            let at = at % bytes.len();
+            bytes[at] = value;
+        }
+        reencodes_faithfully(&bytes);
+    }
+}
