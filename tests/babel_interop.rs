@@ -141,7 +141,7 @@ impl Setup {
 
     /// Starts `re6st babel` on `va`, with `key` if given.
     fn re6st(&self, key: Option<&str>) -> NsChild {
-        let mut args = vec![
+        let args = vec![
             "babel",
             "-i",
             "va",
@@ -155,12 +155,23 @@ impl Setup {
             "from",
             "2001:db8::/32",
         ];
-        let key_arg = key.map(|k| format!("k1={k}"));
-        if let Some(k) = &key_arg {
-            args.extend(["--key", k, "--key-type", "hmac-sha256"]);
+        self.re6st_with(&self.ours, args, key, "re6st.log")
+    }
+
+    /// Starts `re6st babel` in `ns` with `args` (plus `key` if given),
+    /// logging to the file `log`.
+    fn re6st_with(&self, ns: &Netns, args: Vec<&str>, key: Option<&str>, log: &str) -> NsChild {
+        let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        if let Some(k) = key {
+            args.extend([
+                "--key".into(),
+                format!("k1={k}"),
+                "--key-type".into(),
+                "hmac-sha256".into(),
+            ]);
         }
-        self.ours
-            .spawn(env!("CARGO_BIN_EXE_re6st"), &args, &self.path("re6st.log"))
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ns.spawn(env!("CARGO_BIN_EXE_re6st"), &args, &self.path(log))
             .unwrap()
     }
 
@@ -344,4 +355,36 @@ fn mac_with_a_wrong_key_is_rejected() {
     );
     let text = dump(&s, &re6st);
     assert!(!text.contains("neighbour fe80::"), "{text}");
+}
+
+/// Our router on both sides: the shell and the router agree with
+/// themselves (source-specific routes both ways, ping across).
+#[test]
+fn re6st_to_re6st() {
+    if !require_root("re6st_to_re6st") {
+        return;
+    }
+    let s = Setup::new();
+    let _ours = s.re6st(None);
+    let args = vec![
+        "babel",
+        "-i",
+        "vb",
+        "--hello",
+        "1",
+        "--redistribute",
+        "2001:db8:b::1/128",
+        "--redistribute",
+        "2001:db8:b1::/64 from 2001:db8::/32",
+    ];
+    let _theirs = s.re6st_with(&s.theirs, args, None, "babeld.log");
+    for (ns, dst, ss) in [(&s.ours, THEIRS, THEIR_SS), (&s.theirs, OURS, OUR_SS)] {
+        wait_for("routes learned from the other re6st", CONVERGE, &s, || {
+            let r = routes(ns, "61");
+            r.contains(&format!("{dst} via fe80::")) && r.contains(&format!("{ss} via fe80::"))
+        });
+    }
+    wait_for("ping both ways", CONVERGE, &s, || {
+        ping(&s.ours, OURS, "2001:db8:b1::1") && ping(&s.theirs, THEIRS, "2001:db8:a1::1")
+    });
 }

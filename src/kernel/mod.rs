@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 pub use addr::Address;
 pub use link::Link;
-pub use pipeline::{Completion, RoutePipeline};
+pub use pipeline::{acknowledgements, Ack, Completion, RoutePipeline};
 pub use route::{Net, Route, RouteKind, RouteOp, RTPROT_RE6ST, TABLE_MAIN};
 
 /// Receive buffer of the netlink socket: room for the acknowledgements of a

@@ -43,6 +43,38 @@ pub struct Completion {
     pub result: Result<(), Error>,
 }
 
+/// The kernel's answer to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Sequence number of the request.
+    pub sequence: u32,
+    /// The errno it failed with, or `None` if it was applied.
+    pub errno: Option<i32>,
+}
+
+/// The acknowledgements (`NLMSG_ERROR` messages) in a datagram read from a
+/// netlink socket, in order. Other messages are skipped; a malformed
+/// message ends the iteration.
+pub fn acknowledgements(datagram: &[u8]) -> impl Iterator<Item = Ack> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || loop {
+        let rest = datagram.get(offset..).filter(|r| !r.is_empty())?;
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest).ok()?;
+        let length = message.header.length as usize;
+        if length == 0 {
+            return None;
+        }
+        // Messages are aligned to 4 bytes.
+        offset = offset.saturating_add(length.saturating_add(3) & !3);
+        if let NetlinkPayload::Error(e) = message.payload {
+            return Some(Ack {
+                sequence: message.header.sequence_number,
+                errno: e.code.map(|c| c.get().abs()),
+            });
+        }
+    })
+}
+
 /// Sends route changes without waiting for each acknowledgement.
 ///
 /// [`submit`](Self::submit) appends a request to the current batch; requests
@@ -196,27 +228,15 @@ impl RoutePipeline {
     async fn receive(&mut self) -> io::Result<()> {
         self.receive.clear();
         self.socket.recv(&mut self.receive).await?;
-        let mut offset = 0;
-        while offset < self.receive.len() {
-            let Ok(message) =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.receive[offset..])
-            else {
-                break;
+        let datagram = std::mem::take(&mut self.receive);
+        for ack in acknowledgements(&datagram) {
+            let result = match ack.errno {
+                None => Ok(()),
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
             };
-            let length = message.header.length as usize;
-            if length == 0 {
-                break;
-            }
-            offset += (length + 3) & !3;
-            let result = match message.payload {
-                NetlinkPayload::Error(e) => match e.code {
-                    Some(_) => Err(e.to_io()),
-                    None => Ok(()),
-                },
-                _ => continue,
-            };
-            self.complete(message.header.sequence_number, result);
+            self.complete(ack.sequence, result);
         }
+        self.receive = datagram;
         Ok(())
     }
 
@@ -260,5 +280,49 @@ impl RoutePipeline {
                 op,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ack (errno 0) for sequence 7 and an error (-ESRCH) for sequence 8
+    /// carrying the capped request header, as the kernel sends them, and a
+    /// truncated tail.
+    #[test]
+    fn acknowledgements_in_a_datagram() {
+        let mut d = Vec::new();
+        for (seq, code) in [(7u32, 0i32), (8, -libc::ESRCH)] {
+            d.extend_from_slice(&36u32.to_ne_bytes()); // length
+            d.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+            d.extend_from_slice(&0x100u16.to_ne_bytes()); // NLM_F_CAPPED
+            d.extend_from_slice(&seq.to_ne_bytes());
+            d.extend_from_slice(&0u32.to_ne_bytes()); // port
+            d.extend_from_slice(&code.to_ne_bytes());
+            // The request's header.
+            d.extend_from_slice(&[0x20, 0, 0, 0, 24, 0, 5, 5]);
+            d.extend_from_slice(&seq.to_ne_bytes());
+            d.extend_from_slice(&0u32.to_ne_bytes());
+        }
+        let want = [
+            Ack {
+                sequence: 7,
+                errno: None,
+            },
+            Ack {
+                sequence: 8,
+                errno: Some(libc::ESRCH),
+            },
+        ];
+        assert_eq!(acknowledgements(&d).collect::<Vec<_>>(), want);
+        for cut in 0..d.len() {
+            let n = acknowledgements(&d[..cut]).count();
+            assert!(
+                n <= usize::from(cut >= 36) + usize::from(cut >= 72),
+                "{cut}"
+            );
+        }
+        assert_eq!(acknowledgements(&[]).count(), 0);
     }
 }
