@@ -304,3 +304,56 @@ fn install_100k_routes() {
     })
     .unwrap();
 }
+
+/// The installer applies a stream of route changes in order: the kernel
+/// ends up with exactly what the last change for each route says.
+#[test]
+fn installer_applies_changes_in_order() {
+    use babel::{KernelRoute, RouteChange};
+    use re6st::routing::{install, InstallConfig};
+
+    if !require_root("installer_applies_changes_in_order") {
+        return;
+    }
+    let ns = namespace();
+    let (stats, subtrees) = ns
+        .block_on(|| async {
+            let k = Kernel::connect().unwrap();
+            let index = k.link_index("d0").await.unwrap();
+            let subtrees = k.has_ipv6_subtrees().await.unwrap();
+            let route = |i: u16, hop: &str| KernelRoute {
+                prefix: format!("2001:db8:{i:x}::/48").parse().unwrap(),
+                src_prefix: subtrees.then(|| "2001:db8:ff::/64".parse().unwrap()),
+                next_hop: hop.parse().unwrap(),
+                ifindex: index,
+                metric: 96,
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let installer = tokio::spawn(install::run(InstallConfig::default(), rx));
+            for i in 1..=2000u16 {
+                tx.send(RouteChange::Add(route(i, "fe80::1"))).unwrap();
+            }
+            for i in 1..=2000u16 {
+                let (old, new) = (route(i, "fe80::1"), route(i, "fe80::2"));
+                tx.send(RouteChange::Replace { old, new }).unwrap();
+                if i % 2 == 0 {
+                    tx.send(RouteChange::Remove(new)).unwrap();
+                }
+            }
+            drop(tx);
+            (installer.await.unwrap().unwrap(), subtrees)
+        })
+        .unwrap();
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert_eq!(stats.applied, 5000);
+    let table = show(&ns, "-6");
+    assert_eq!(table.lines().count(), 1000, "{table}");
+    let via = if subtrees {
+        "from 2001:db8:ff::/64 via fe80::2 dev d0"
+    } else {
+        "via fe80::2 dev d0"
+    };
+    assert!(table.lines().all(|l| l.contains(via)), "{table}");
+    assert!(table.contains("2001:db8:7cf::/48"), "{table}");
+    assert!(!table.contains("2001:db8:7d0::/48"), "{table}");
+}
