@@ -492,3 +492,4 @@ fn lossy_wireless_segment_converges() {
         }
     }
 }
+

@@ -21,6 +21,7 @@
 //! (buffered emission) and `timer`.
 
 mod filter;
+mod hash;
 mod interface;
 mod mac;
 mod neighbour;
@@ -31,7 +32,7 @@ mod source;
 mod timer;
 mod xroute;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,7 @@ use crate::wire::{
     self, mac as wire_mac, Ack, ChallengeReply, ChallengeRequest, Hello, Ihu, IhuTimestamp, Packet,
     PacketBuilder, Pc, Prefix, RouteRequest, SeqnoRequest, Tlv, Update,
 };
+use hash::FxHashMap;
 use interface::Interface;
 use mac::{MacState, Verdict};
 use neighbour::{Neighbour, NeighbourId};
@@ -141,8 +143,9 @@ pub struct KernelRoute {
     pub next_hop: IpAddr,
     /// Outgoing interface.
     pub ifindex: u32,
-    /// Babel metric when the route was installed or last moved. Metric
-    /// changes alone do not produce events.
+    /// Babel metric. In events, the metric when the route was installed or
+    /// moved: metric changes alone do not produce events (the kernel need
+    /// not be touched); getters return the current metric.
     pub metric: u16,
 }
 
@@ -320,8 +323,8 @@ pub struct Router {
     interfaces: BTreeMap<u32, Interface>,
     neighbours: Vec<Option<Neighbour>>,
     free: Vec<NeighbourId>,
-    by_address: HashMap<(u32, Ipv6Addr), NeighbourId>,
-    multipliers: HashMap<(u32, Option<Ipv6Addr>), u16>,
+    by_address: FxHashMap<(u32, Ipv6Addr), NeighbourId>,
+    multipliers: FxHashMap<(u32, Option<Ipv6Addr>), u16>,
     table: Table,
     sources: Sources,
     xroutes: Xroutes,
@@ -362,8 +365,8 @@ impl Router {
             interfaces: BTreeMap::new(),
             neighbours: Vec::new(),
             free: Vec::new(),
-            by_address: HashMap::new(),
-            multipliers: HashMap::new(),
+            by_address: FxHashMap::default(),
+            multipliers: FxHashMap::default(),
             table: Table::default(),
             sources: Sources::default(),
             xroutes: Xroutes::default(),
@@ -657,6 +660,10 @@ impl Router {
                 // no longer originate it by sending the update at once.
                 self.queue_update_all(key, true, t);
             }
+        }
+        // The process is about to exit: everything goes out now.
+        for q in self.queues.values_mut() {
+            q.deadline = Some(t);
         }
     }
 
@@ -1223,6 +1230,11 @@ impl Router {
                     self.request_unfeasible(key, id, router_id, metric, Some(old_metric), t);
                     return;
                 }
+                let refresh = r.router_id == router_id
+                    && r.seqno == u.seqno
+                    && r.refmetric == refmetric
+                    && r.next_hop == next_hop
+                    && r.metric == metric;
                 r.router_id = router_id;
                 r.seqno = u.seqno;
                 r.refmetric = refmetric;
@@ -1231,6 +1243,12 @@ impl Router {
                 r.interval_cs = interval_cs;
                 r.expires = expires;
                 r.set_metric(metric, t);
+                if refresh && is_selected && !satisfied {
+                    // A periodic refresh of the selected route changes
+                    // nothing but its expiry.
+                    self.timers.set_earlier(Timer::RouteExpiry, expires);
+                    return;
+                }
             }
             None => {
                 entry.routes.push(Route {
@@ -1288,7 +1306,7 @@ impl Router {
             return;
         };
         let seqno = s.seqno.wrapping_add(1);
-        self.send_seqno_request(
+        self.request_seqno(
             key,
             router_id,
             seqno,
@@ -1381,7 +1399,7 @@ impl Router {
         if self.resend.is_duplicate(key, r.router_id, r.seqno, t) {
             return;
         }
-        self.send_seqno_request(
+        self.request_seqno(
             key,
             r.router_id,
             r.seqno,
@@ -1421,9 +1439,25 @@ impl Router {
                 self.queue_control(ifindex, Dest::Unicast(address), msg, true, t);
             }
         }
-        // Record it for resending (no-op if already outstanding).
-        self.resend
-            .add_request(key, router_id, seqno, hop_count, target, t);
+    }
+
+    /// Sends a seqno request unless the same (or a newer) one is already
+    /// outstanding, and schedules its resends.
+    fn request_seqno(
+        &mut self,
+        key: RouteKey,
+        router_id: RouterId,
+        seqno: u16,
+        hop_count: u8,
+        target: Target,
+        t: Time,
+    ) {
+        if self
+            .resend
+            .add_request(key, router_id, seqno, hop_count, target, t)
+        {
+            self.send_seqno_request(key, router_id, seqno, hop_count, target, t);
+        }
     }
 
     /// What we announce for `key` now: our own prefix, or the selected
@@ -1476,7 +1510,11 @@ impl Router {
             let old = entry.installed;
             match (old, desired) {
                 (None, None) => {}
-                (Some(o), Some(d)) if o.next_hop == d.next_hop && o.ifindex == d.ifindex => {}
+                (Some(o), Some(d)) if o.next_hop == d.next_hop && o.ifindex == d.ifindex => {
+                    // Same kernel route: keep the metric current for
+                    // getters, without an event.
+                    entry.installed = desired;
+                }
                 _ => {
                     entry.installed = desired;
                     change = Some((old, desired));
@@ -1514,14 +1552,7 @@ impl Router {
                         .get(&key, &b.router_id)
                         .map_or(b.seqno, |s| s.seqno)
                         .wrapping_add(1);
-                    self.send_seqno_request(
-                        key,
-                        b.router_id,
-                        seqno,
-                        REQUEST_HOP_COUNT,
-                        Target::All,
-                        t,
-                    );
+                    self.request_seqno(key, b.router_id, seqno, REQUEST_HOP_COUNT, Target::All, t);
                 }
             }
             (Some(b), Some(a)) => {
@@ -1613,7 +1644,7 @@ impl Router {
         // Hello and IHUs go first so that they share a packet (the RTT
         // extension needs the hello's timestamp next to the IHUs).
         for m in msgs.into_iter().rev() {
-            q.control.push_front(m);
+            q.push_control_front(m);
         }
         q.flush_by(t);
     }
@@ -1624,9 +1655,7 @@ impl Router {
         };
         let delay = self.rng.flush_delay(urgent, hello_ms);
         let q = self.queues.entry((ifindex, dest)).or_default();
-        if !q.control.contains(&msg) {
-            q.control.push_back(msg);
-        }
+        q.push_control(msg);
         q.flush_by(t + delay);
     }
 
@@ -1698,14 +1727,14 @@ impl Router {
             let tlv = control_tlv(msg, ts_us);
             match b.push(&tlv) {
                 Ok(()) => {
-                    queue.control.pop_front();
+                    queue.pop_control();
                 }
                 Err(wire::BuildError::Full) => {
                     full = true;
                     break;
                 }
                 Err(_) => {
-                    queue.control.pop_front();
+                    queue.pop_control();
                 }
             }
         }
@@ -1848,5 +1877,341 @@ fn control_tlv(msg: &Control, ts_us: u32) -> Tlv<'_> {
         }),
         Control::ChallengeRequest { nonce } => Tlv::ChallengeRequest(ChallengeRequest { nonce }),
         Control::ChallengeReply { nonce } => Tlv::ChallengeReply(ChallengeReply { nonce }),
+    }
+}
+
+impl Router {
+    /// Checks the router's internal invariants; for tests and fuzzing.
+    ///
+    /// Route counts match the table, every route belongs to a live
+    /// neighbour, a selected route exists, is finite and feasible, an
+    /// installed route is selected, and the neighbour index matches the
+    /// neighbour slab.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        let mut count = 0;
+        for (key, e) in &self.table.entries {
+            count += e.routes.len();
+            for r in &e.routes {
+                if self.neighbour(r.neighbour).is_none() {
+                    return Err("route through a dead neighbour");
+                }
+            }
+            if let Some(id) = e.selected {
+                let Some(r) = e.route(id) else {
+                    return Err("selected route missing");
+                };
+                if r.metric == INFINITY {
+                    return Err("selected route is infinite");
+                }
+                if !self
+                    .sources
+                    .is_feasible(key, &r.router_id, r.seqno, r.refmetric)
+                {
+                    return Err("selected route is unfeasible");
+                }
+            } else if e.installed.is_some() {
+                return Err("installed route not selected");
+            }
+            if e.routes.is_empty() && e.installed.is_none() {
+                return Err("empty entry kept");
+            }
+        }
+        if count != self.table.routes {
+            return Err("route count mismatch");
+        }
+        let live = self.neighbours.iter().flatten().count();
+        if live != self.by_address.len() {
+            return Err("neighbour index mismatch");
+        }
+        for (&(ifindex, address), &id) in &self.by_address {
+            match self.neighbour(id) {
+                Some(n) if n.ifindex == ifindex && n.address == address => {}
+                _ => return Err("neighbour index points to the wrong slot"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ll(n: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, n)
+    }
+
+    fn router(id: u8, now: Instant) -> Router {
+        let mut r = Router::new(
+            RouterConfig {
+                router_id: [id; 8],
+                seed: u64::from(id),
+                ..RouterConfig::default()
+            },
+            now,
+        );
+        r.add_interface(
+            1,
+            InterfaceConfig::new(InterfaceKind::Wired, ll(u16::from(id))),
+            now,
+        );
+        r
+    }
+
+    /// Builds a packet from `tlvs`.
+    fn packet(tlvs: &[Tlv<'_>]) -> Vec<u8> {
+        let mut buf = vec![0; 1500];
+        let mut b = PacketBuilder::new(&mut buf, 1500, 0);
+        for t in tlvs {
+            b.push(t).unwrap();
+        }
+        let len = b.finish();
+        buf.truncate(len);
+        buf
+    }
+
+    /// Everything `r` sends now, parsed back, with its destination.
+    fn sent(r: &mut Router, now: Instant) -> Vec<(Destination, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut buf = vec![0; 2000];
+        while let Some(tx) = r.poll_transmit(now, &mut buf) {
+            out.push((tx.destination, buf[..tx.len].to_vec()));
+        }
+        out
+    }
+
+    fn tlvs_of(bytes: &[u8]) -> Vec<Tlv<'_>> {
+        wire::Tlvs::new(&bytes[wire::HEADER_LEN..])
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Runs two routers on one link for `secs` seconds (100 ms steps).
+    fn converse(a: &mut Router, b: &mut Router, start: Instant, secs: u64) -> Instant {
+        let mut now = start;
+        for _ in 0..secs * 10 {
+            now += Duration::from_millis(100);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            for (dest, bytes) in sent(a, now) {
+                b.handle_packet(1, ll(1), dest == Destination::Multicast, &bytes, now);
+            }
+            for (dest, bytes) in sent(b, now) {
+                a.handle_packet(1, ll(2), dest == Destination::Multicast, &bytes, now);
+            }
+            a.check_invariants().unwrap();
+            b.check_invariants().unwrap();
+        }
+        now
+    }
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn two_routers_learn_each_other() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (router(1, t0), router(2, t0));
+        a.redistribute(p("2001:db8:1::/64"), None, 0, t0);
+        b.redistribute(p("2001:db8:2::/64"), None, 0, t0);
+        converse(&mut a, &mut b, t0, 15);
+        let r = a.installed_route(p("2001:db8:2::/64"), None).unwrap();
+        assert_eq!(r.next_hop, IpAddr::V6(ll(2)));
+        assert_eq!(r.metric, 96);
+        let events: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert!(events.contains(&Event::NeighbourUp {
+            ifindex: 1,
+            address: ll(2)
+        }));
+        assert!(events.contains(&Event::Route(RouteChange::Add(r))));
+        let d = a.dump();
+        assert_eq!(d.neighbours.len(), 1);
+        assert_eq!((d.neighbours[0].txcost, d.neighbours[0].rxcost), (96, 96));
+        assert_eq!(d.xroutes.len(), 1);
+        assert_eq!(a.route_count(), 1);
+        // B feasibility distance for its own prefix is not kept, but A
+        // keeps one for B's prefix once it re-announces it.
+        assert!(d.sources.iter().any(|s| s.router_id == [2; 8]));
+    }
+
+    #[test]
+    fn update_handling_table() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (router(1, t0), router(2, t0));
+        let now = converse(&mut a, &mut b, t0, 10);
+        let pfx = p("2001:db8:9::/64");
+        let update = |seqno: u16, metric: u16, rid: u8| {
+            packet(&[Tlv::Update(Update {
+                interval: 400,
+                seqno,
+                metric,
+                prefix: Some(pfx),
+                v4_via_v6: false,
+                src_prefix: None,
+                router_id: Some([rid; 8]),
+                next_hop: None,
+            })])
+        };
+        // (update (seqno, metric, router-id), expected installed metric)
+        let cases: [((u16, u16, u8), Option<u16>); 7] = [
+            ((10, 100, 9), Some(196)),
+            ((10, 300, 9), Some(196)), // unfeasible for the selected route: ignored
+            ((11, 300, 9), Some(396)), // newer seqno: accepted
+            ((11, INFINITY, 9), None), // retraction
+            ((11, 50, 9), Some(146)),  // better than the distance: feasible
+            ((12, 50, 1), Some(146)),  // our own router-id echoed: ignored
+            ((12, 60, 7), Some(156)),  // another origin, feasible
+        ];
+        for ((seqno, metric, rid), want) in cases {
+            a.handle_packet(1, ll(2), true, &update(seqno, metric, rid), now);
+            // Announce, so that feasibility distances follow.
+            sent(&mut a, now + Duration::from_secs(1));
+            a.check_invariants().unwrap();
+            let got = a.installed_route(pfx, None).map(|r| r.metric);
+            assert_eq!(got, want, "update {seqno} {metric} {rid}");
+        }
+    }
+
+    #[test]
+    fn seqno_request_for_our_prefix() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (router(1, t0), router(2, t0));
+        let pfx = p("2001:db8:1::/64");
+        a.redistribute(pfx, None, 0, t0);
+        let now = converse(&mut a, &mut b, t0, 10);
+        let s = a.seqno();
+        // (requested seqno, router-id, expected seqno afterwards)
+        let cases = [
+            (s, [1u8; 8], s),
+            (s.wrapping_sub(3), [1; 8], s),
+            (s.wrapping_add(1), [1; 8], s.wrapping_add(1)),
+            (s.wrapping_add(9), [7; 8], s.wrapping_add(1)),
+        ];
+        for (seqno, router_id, want) in cases {
+            let req = packet(&[Tlv::SeqnoRequest(SeqnoRequest {
+                seqno,
+                hop_count: 5,
+                router_id,
+                prefix: pfx,
+                v4_via_v6: false,
+                src_prefix: None,
+            })]);
+            a.handle_packet(1, ll(2), false, &req, now);
+            assert_eq!(a.seqno(), want);
+            // Every request is answered with an update for the prefix.
+            let out = sent(&mut a, now + Duration::from_millis(20));
+            let answered = out.iter().any(|(_, bytes)| {
+                tlvs_of(bytes).iter().any(
+                    |t| matches!(t, Tlv::Update(u) if u.prefix == Some(pfx) && u.seqno == want),
+                )
+            });
+            assert!(answered, "request {seqno} not answered");
+        }
+    }
+
+    #[test]
+    fn ack_requests_are_answered_by_unicast() {
+        let t0 = Instant::now();
+        let mut a = router(1, t0);
+        sent(&mut a, t0 + Duration::from_secs(1));
+        let req = packet(&[Tlv::AckReq(wire::AckReq {
+            opaque: 0xbeef,
+            interval: 100,
+        })]);
+        a.handle_packet(1, ll(2), true, &req, t0);
+        let out = sent(&mut a, t0 + Duration::from_millis(20));
+        let (dest, bytes) = &out[0];
+        assert_eq!(*dest, Destination::Unicast(IpAddr::V6(ll(2))));
+        assert!(tlvs_of(bytes).contains(&Tlv::Ack(Ack { opaque: 0xbeef })));
+    }
+
+    #[test]
+    fn bad_input_is_counted_and_ignored() {
+        let t0 = Instant::now();
+        let mut a = router(1, t0);
+        let hello = packet(&[Tlv::Hello(Hello {
+            unicast: false,
+            seqno: 1,
+            interval: 400,
+            timestamp: None,
+        })]);
+        // (ifindex, source, bytes, malformed count after)
+        let global: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let cases: [(u32, Ipv6Addr, &[u8], u64); 5] = [
+            (9, ll(2), &hello, 1),
+            (1, global, &hello, 2),
+            (1, ll(2), &[42, 2, 0], 3),
+            (1, ll(2), &[43, 2, 0, 0], 4),
+            (1, ll(2), &hello, 4),
+        ];
+        for (ifindex, source, bytes, want) in cases {
+            a.handle_packet(ifindex, source, true, bytes, t0);
+            assert_eq!(a.stats().malformed, want, "{ifindex} {source}");
+        }
+        assert_eq!(a.neighbour_count(), 1);
+        a.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn full_dump_is_split_across_packets() {
+        let t0 = Instant::now();
+        let mut a = router(1, t0);
+        for i in 0..1000u16 {
+            let pfx = Prefix::new(
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 0)),
+                64,
+            )
+            .unwrap();
+            a.redistribute(pfx, None, 0, t0);
+        }
+        let out = sent(&mut a, t0 + Duration::from_secs(20));
+        let updates: usize = out
+            .iter()
+            .map(|(_, b)| {
+                assert!(b.len() <= 1232);
+                tlvs_of(b)
+                    .iter()
+                    .filter(|t| matches!(t, Tlv::Update(_)))
+                    .count()
+            })
+            .sum();
+        assert!(out.len() > 5, "{} packets", out.len());
+        assert!(updates >= 1000, "{updates} updates");
+    }
+
+    #[test]
+    fn retract_all_sends_retractions_at_once() {
+        let t0 = Instant::now();
+        let mut a = router(1, t0);
+        let pfx = p("2001:db8:1::/64");
+        a.redistribute(pfx, None, 0, t0);
+        sent(&mut a, t0 + Duration::from_secs(20));
+        let t1 = t0 + Duration::from_secs(21);
+        a.retract_all(t1);
+        let out = sent(&mut a, t1);
+        let retracted = out.iter().any(|(_, bytes)| {
+            tlvs_of(bytes).iter().any(
+                |t| matches!(t, Tlv::Update(u) if u.prefix == Some(pfx) && u.metric == INFINITY),
+            )
+        });
+        assert!(retracted);
+        assert!(a.dump().xroutes.is_empty());
+    }
+
+    #[test]
+    fn martians_table() {
+        let cases = [
+            ("fe80::/64", true),
+            ("fe80::/10", true),
+            ("ff02::/16", true),
+            ("2001:db8::/32", false),
+            ("::/0", false),
+            ("224.0.0.0/4", true),
+            ("10.0.0.0/8", false),
+        ];
+        for (s, want) in cases {
+            assert_eq!(is_martian(&p(s)), want, "{s}");
+        }
     }
 }

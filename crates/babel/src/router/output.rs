@@ -6,9 +6,10 @@
 //! built, so a queued update always carries the current state, a route
 //! queued twice is sent once, and a full dump costs one key per route.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::Ipv6Addr;
 
+use super::hash::FxHashSet;
 use super::mac::NONCE_LEN;
 use super::route::RouteKey;
 use super::timer::Time;
@@ -23,7 +24,7 @@ pub(crate) enum Dest {
 }
 
 /// A control message waiting for a packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Control {
     /// A hello; timestamped when the packet is built.
     Hello {
@@ -62,8 +63,10 @@ pub(crate) enum Control {
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
     pub(crate) control: VecDeque<Control>,
+    /// The members of `control`, to drop duplicates in constant time.
+    queued: FxHashSet<Control>,
     pub(crate) updates: VecDeque<RouteKey>,
-    pub(crate) pending: HashSet<RouteKey>,
+    pub(crate) pending: FxHashSet<RouteKey>,
     pub(crate) deadline: Option<Time>,
 }
 
@@ -75,6 +78,27 @@ impl Queue {
     /// Flush no later than `at`.
     pub(crate) fn flush_by(&mut self, at: Time) {
         self.deadline = Some(self.deadline.map_or(at, |d| d.min(at)));
+    }
+
+    /// Queues a control message unless the same one is already waiting.
+    pub(crate) fn push_control(&mut self, msg: Control) {
+        if self.queued.insert(msg.clone()) {
+            self.control.push_back(msg);
+        }
+    }
+
+    /// Puts a message at the head of the queue (hellos and IHUs).
+    pub(crate) fn push_control_front(&mut self, msg: Control) {
+        if self.queued.insert(msg.clone()) {
+            self.control.push_front(msg);
+        }
+    }
+
+    /// Removes the head control message.
+    pub(crate) fn pop_control(&mut self) -> Option<Control> {
+        let msg = self.control.pop_front()?;
+        self.queued.remove(&msg);
+        Some(msg)
     }
 
     pub(crate) fn push_update(&mut self, key: RouteKey) {
@@ -116,6 +140,12 @@ mod tests {
         assert_eq!(q.pop_update(), Some(b));
         assert_eq!(q.pop_update(), None);
         assert!(q.is_empty());
+        q.push_control(Control::Ack { opaque: 1 });
+        q.push_control(Control::Ack { opaque: 1 });
+        q.push_control_front(Control::Ack { opaque: 2 });
+        assert_eq!(q.pop_control(), Some(Control::Ack { opaque: 2 }));
+        assert_eq!(q.pop_control(), Some(Control::Ack { opaque: 1 }));
+        assert_eq!(q.pop_control(), None);
         q.flush_by(10);
         q.flush_by(20);
         assert_eq!(q.deadline, Some(10));

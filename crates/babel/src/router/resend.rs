@@ -5,8 +5,8 @@
 //! burst of 100 000 retractions is scanned only when something is due.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
+use super::hash::FxHashMap;
 use super::neighbour::NeighbourId;
 use super::route::RouteKey;
 use super::source::seqno_cmp;
@@ -59,9 +59,9 @@ pub(crate) enum Due {
 /// Retransmission state.
 #[derive(Debug, Default)]
 pub(crate) struct Resend {
-    pub(crate) requests: HashMap<RouteKey, Request>,
-    pub(crate) updates: HashMap<RouteKey, UrgentUpdate>,
-    forwarded: HashMap<(RouteKey, RouterId, u16), Time>,
+    pub(crate) requests: FxHashMap<RouteKey, Request>,
+    pub(crate) updates: FxHashMap<RouteKey, UrgentUpdate>,
+    forwarded: FxHashMap<(RouteKey, RouterId, u16), Time>,
     next: Option<Time>,
 }
 

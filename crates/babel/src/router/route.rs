@@ -2,9 +2,10 @@
 //! learned from each neighbour, with feasibility-aware selection and babeld's
 //! smoothed-metric hysteresis (RFC 8966 §3.5.4, §3.6; RFC 9079 §4).
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 
+use super::hash::FxHashMap;
 use super::neighbour::NeighbourId;
 use super::source::Sources;
 use super::timer::Time;
@@ -17,10 +18,32 @@ pub(crate) const SMOOTHING_HALF_LIFE_MS: Time = 4_000;
 /// A destination: prefix plus source prefix. Routes that are not
 /// source-specific have the default prefix of their family as source, so
 /// that a single key type covers RFC 8966 and RFC 9079 routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct RouteKey {
     pub(crate) prefix: Prefix,
     pub(crate) src: Prefix,
+}
+
+/// Hashes both prefixes as five words (the derived hash writes each
+/// address byte by byte with discriminants and lengths; this is the hot
+/// path of every update).
+impl Hash for RouteKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let words = |p: &Prefix| -> (u64, u64) {
+            let bits = match p.addr() {
+                IpAddr::V6(a) => u128::from(a),
+                IpAddr::V4(a) => u128::from(u32::from(a)) | 1 << 127,
+            };
+            ((bits >> 64) as u64, bits as u64)
+        };
+        let (a, b) = words(&self.prefix);
+        let (c, d) = words(&self.src);
+        state.write_u64(a);
+        state.write_u64(b);
+        state.write_u64(c);
+        state.write_u64(d);
+        state.write_u64(u64::from(self.prefix.len()) << 8 | u64::from(self.src.len()));
+    }
 }
 
 impl RouteKey {
@@ -160,7 +183,7 @@ impl Entry {
 /// The route table.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    pub(crate) entries: HashMap<RouteKey, Entry>,
+    pub(crate) entries: FxHashMap<RouteKey, Entry>,
     /// Number of route records (sum of `routes.len()`).
     pub(crate) routes: usize,
 }

@@ -6,8 +6,8 @@
 //! what keeps Babel loop-free.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
 
+use super::hash::FxHashMap;
 use super::route::RouteKey;
 use super::timer::Time;
 use super::{RouterId, INFINITY};
@@ -39,7 +39,7 @@ pub(crate) struct Source {
 /// The source table.
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
-    map: HashMap<(RouteKey, RouterId), Source>,
+    map: FxHashMap<(RouteKey, RouterId), Source>,
 }
 
 impl Sources {

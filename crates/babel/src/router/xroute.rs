@@ -1,14 +1,13 @@
 //! Exported routes: prefixes we originate (redistributed local prefixes,
 //! optionally source-specific), announced with our router-id and seqno.
 
-use std::collections::HashMap;
-
+use super::hash::FxHashMap;
 use super::route::RouteKey;
 
 /// The exported routes and their metric.
 #[derive(Debug, Default)]
 pub(crate) struct Xroutes {
-    pub(crate) map: HashMap<RouteKey, u16>,
+    pub(crate) map: FxHashMap<RouteKey, u16>,
 }
 
 impl Xroutes {
