@@ -9,12 +9,16 @@
 //!   with its SQLite store and a typed client.
 //! - [`node`]: the mesh manager's building blocks: the tunnel policy, the
 //!   authenticated peer protocol and the SQLite peer cache.
+//! - [`kernel`]: links, addresses and routes through netlink.
+//! - [`routing`]: the Babel router's sockets, event loop and kernel routes.
 //! - [`testbed`]: network-namespace topologies for `re6st demo` and tests.
 //!
 //! Protocol logic lives in sans-I/O state machines (the `babel` crate, the
 //! tunnel sessions); the modules here are the I/O shells around them.
 
+pub mod kernel;
 pub mod node;
 pub mod pki;
 pub mod registry;
+pub mod routing;
 pub mod testbed;

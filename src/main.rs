@@ -25,6 +25,8 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Enroll this machine: fetch the CA and a certificate from a registry.
     Conf(cmd::conf::ConfArgs),
+    /// Run the Babel router standalone on some interfaces (like babeld).
+    Babel(cmd::babel::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Registry(a) => cmd::registry::run(a),
         Command::Conf(a) => cmd::conf::run(a),
+        Command::Babel(args) => cmd::babel::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

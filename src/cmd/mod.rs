@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap options and a `run` function that
 //! calls into the library.
 
+pub(crate) mod babel;
 pub(crate) mod conf;
 pub(crate) mod registry;

@@ -2,6 +2,7 @@
 //! tests: namespaces, veth links and processes started inside them, all torn
 //! down when their handles drop (even when a test panics).
 
+mod inside;
 mod netns;
 
 pub use netns::{require_root, veth, Netns, NsChild};

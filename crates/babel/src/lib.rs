@@ -6,3 +6,14 @@
 //! standalone `re6st babel` daemon, and by the thousand in a simulator.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod router;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod wire;
+
+pub use router::{
+    Destination, Dump, Event, Filter, InterfaceConfig, InterfaceKind, KernelRoute, MacAlgorithm,
+    MacConfig, MacKey, RouteChange, Router, RouterConfig, RttConfig, Transmit,
+};
+pub use wire::{Error as WireError, Prefix};
