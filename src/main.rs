@@ -20,12 +20,18 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Bring up tunnels from the command line (tests and benchmarks).
+    #[command(hide = true)]
+    Tunnel(cmd::tunnel::TunnelArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Tunnel(args) => cmd::tunnel::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
