@@ -427,3 +427,56 @@ fn twenty_tunnels_from_one_process() {
         assert!(ping(&hub, &format!("fd78:{i}::2")), "tunnel {i}");
     }
 }
+
+/// Throughput measurement (not an assertion): iperf3 TCP through one tunnel
+/// next to the plain veth. Run with
+/// `cargo test --release --test tunnel_udp throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run explicitly in release mode"]
+fn throughput() {
+    if !require_root("throughput") {
+        return;
+    }
+    let mut pki = Pki::new();
+    let (a, b) = pair();
+    let (na, nb) = (pki.node("1/16"), pki.node("2/16"));
+    let (la, lb) = (pki.log("a"), pki.log("b"));
+    let extra: Vec<String> = std::env::var("RE6ST_TUNNEL_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let _pb = tunnel(&b, &pki, &nb, &lb, &extra);
+    let mut ea = extra.clone();
+    ea.extend(["--peer", "10.77.0.2:5000,2/16"]);
+    let _pa = tunnel(&a, &pki, &na, &la, &ea);
+    assert!(wait_for(&la, " up: ", 1, Duration::from_secs(20)), "{}", log_of(&la));
+    address(&a, "re6st-0", "fd77::1/64");
+    address(&b, "re6st-0", "fd77::2/64");
+    assert!(ping(&a, "fd77::2"));
+    let secs = std::env::var("RE6ST_IPERF_SECS").unwrap_or_else(|_| "8".into());
+    for (label, dst, streams) in
+        [("veth", "10.77.0.2", "1"), ("tunnel", "fd77::2", "1"), ("tunnel", "fd77::2", "4")]
+    {
+        let _server = b.spawn("iperf3", &["-s", "-1"], &pki.log("iperf-s")).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let out = a
+            .command("iperf3")
+            .args(["-c", dst, "-t", &secs, "-P", streams, "-f", "m"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .filter(|l| l.contains("receiver"))
+            .last()
+            .unwrap_or("(no result)")
+            .to_owned();
+        eprintln!("{label} TCP x{streams}: {line}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ping = a.command("ping").args(["-6", "-c", "20", "-i", "0.05", "fd77::2"]).output().unwrap();
+    let text = String::from_utf8_lossy(&ping.stdout);
+    eprintln!("tunnel ping: {}", text.lines().last().unwrap_or(""));
+}
