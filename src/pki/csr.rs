@@ -91,3 +91,137 @@ impl Csr {
         &self.req.info.subject
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::key::generate_key;
+
+    /// A P-256 request made with `openssl req -new` (subject O=Example,
+    /// CN=ec): well-formed, but not Ed25519.
+    const EC_CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----
+MIHZMIGBAgEAMB8xEDAOBgNVBAoMB0V4YW1wbGUxCzAJBgNVBAMMAmVjMFkwEwYH
+KoZIzj0CAQYIKoZIzj0DAQcDQgAEXr+Z7erLO3NPjbUY4PDE8EOSq+GZA935xm58
+ydQm/oyrDIc0oyZBMeEHLkrZA9VjMsrkAiebj0iw7p6DbdXYAaAAMAoGCCqGSM49
+BAMCA0cAMEQCICRksnkPtVWgGnX40ac2wiEtSfNbpVKOZGZRJ6HBcc/rAiBDf/KZ
+y7B2TbcvoQlxHqo8oGZlSW98q3DHxwbjhuV+7g==
+-----END CERTIFICATE REQUEST-----
+";
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn generate_parse_round_trip() {
+        let key = generate_key();
+        let extra = fields(&[
+            ("O", "Nexedi"),
+            ("OU", "re6st"),
+            ("C", "FR"),
+            ("emailAddress", "node@example.org"),
+            ("2.5.4.7", "Lille"),
+        ]);
+        let csr = Csr::generate(&key, &extra).unwrap();
+        assert_eq!(csr.public_key(), key.verifying_key());
+        let pem = csr.to_pem();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----\n"));
+        for parsed in [
+            Csr::from_pem(&pem).unwrap(),
+            Csr::from_der(csr.der()).unwrap(),
+        ] {
+            assert_eq!(parsed.der(), csr.der());
+            assert_eq!(parsed.public_key(), key.verifying_key());
+        }
+        // RFC 4514 order: last RDN first.
+        assert_eq!(
+            csr.subject().to_string(),
+            "L=Lille,EMAIL=node@example.org,C=FR,OU=re6st,O=Nexedi"
+        );
+        // Surrounding text is ignored, as in `openssl req -text` output.
+        let noisy = format!("Certificate Request:\n  blah\n{pem}trailing\n");
+        assert_eq!(Csr::from_pem(&noisy).unwrap().der(), csr.der());
+        assert!(Csr::generate(&key, &[]).is_ok());
+    }
+
+    #[test]
+    fn generate_rejects_bad_fields() {
+        let key = generate_key();
+        for (field, value) in [
+            ("CN", "1/16"),
+            ("commonName", "x"),
+            ("serialNumber", "5"),
+            ("2.5.4.3", "x"),
+            ("2.5.4.5", "5"),
+            ("C", "France"),
+            ("C", "F1"),
+            ("emailAddress", "é@example.org"),
+            ("O", ""),
+            ("nonsense", "x"),
+            ("1.2", "x"),
+        ] {
+            let err = Csr::generate(&key, &fields(&[(field, value)])).unwrap_err();
+            assert!(
+                matches!(err, PkiError::Subject(_)),
+                "{field}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_non_ed25519_key() {
+        let err = Csr::from_pem(EC_CSR).unwrap_err();
+        assert!(matches!(err, PkiError::UnsupportedAlgorithm(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("1.2.840.10045.2.1") && msg.contains("Ed25519"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_signature() {
+        let csr = Csr::generate(&generate_key(), &fields(&[("O", "Nexedi")])).unwrap();
+        let mut der = csr.der().to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let err = Csr::from_der(&der).unwrap_err();
+        assert!(matches!(err, PkiError::BadSignature(_)), "{err}");
+        assert_eq!(err.to_string(), "bad signature on the certificate request");
+
+        // The same signature over a changed subject.
+        let mut der = csr.der().to_vec();
+        let at = der.windows(6).position(|w| w == b"Nexedi").unwrap();
+        der[at] = b'M';
+        assert!(matches!(
+            Csr::from_der(&der),
+            Err(PkiError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_malformed_input() {
+        let csr = Csr::generate(&generate_key(), &[]).unwrap();
+        for cut in 0..csr.der().len() {
+            assert!(Csr::from_der(&csr.der()[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(matches!(Csr::from_pem("hello"), Err(PkiError::Pem(_))));
+        assert!(matches!(
+            Csr::from_pem(
+                "-----BEGIN CERTIFICATE REQUEST-----\n!!\n-----END CERTIFICATE REQUEST-----\n"
+            ),
+            Err(PkiError::Pem(_))
+        ));
+        assert!(matches!(
+            Csr::from_pem("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"),
+            Err(PkiError::Pem(_))
+        ));
+        assert!(matches!(
+            Csr::from_der(&[0x30, 0x00]),
+            Err(PkiError::Der(_))
+        ));
+    }
+}

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, KeypairBytes};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 
@@ -44,12 +44,18 @@ pub(crate) fn key_from_pem(pem: &str) -> Result<SigningKey, String> {
         .map_err(|e| format!("not an Ed25519 PKCS#8 PEM private key ({e})"))
 }
 
-/// Encodes a private key as PKCS#8 PEM.
+/// Encodes a private key as PKCS#8 v1 PEM (the seed only, as `openssl
+/// genpkey` writes it). OpenSSL 3.0 cannot read the v2 form with the public
+/// key that `SigningKey::to_pkcs8_pem` produces.
 pub(crate) fn key_to_pem(key: &SigningKey) -> String {
-    key.to_pkcs8_pem(LineEnding::LF)
-        // Encoding a fixed-size Ed25519 key into PEM cannot fail.
-        .expect("Ed25519 private key PEM encoding")
-        .to_string()
+    KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    // Encoding a fixed-size Ed25519 key into PEM cannot fail.
+    .expect("Ed25519 private key PEM encoding")
+    .to_string()
 }
 
 /// Creates `path` with `mode` and writes `data`, failing with
@@ -71,4 +77,83 @@ pub(crate) fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), 
         return Err(PkiError::io(path, e));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.key");
+        let key = generate_key();
+        save_key(&path, &key).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
+        // PKCS#8 v1 with the seed only: 48 bytes, the form OpenSSL reads.
+        let (_, der) = der::pem::decode_vec(text.as_bytes()).unwrap();
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..16],
+            hex::decode("302e020100300506032b657004220420").unwrap()
+        );
+        assert_eq!(&der[16..], key.to_bytes());
+        assert_eq!(load_key(&path).unwrap().to_bytes(), key.to_bytes());
+    }
+
+    #[test]
+    fn save_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.key");
+        let first = generate_key();
+        save_key(&path, &first).unwrap();
+        let err = save_key(&path, &generate_key()).unwrap_err();
+        assert!(
+            matches!(err, PkiError::AlreadyExists(ref p) if p == &path),
+            "{err}"
+        );
+        assert!(err.to_string().contains("refusing to overwrite"));
+        assert_eq!(load_key(&path).unwrap().to_bytes(), first.to_bytes());
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.key");
+        let err = load_key(&missing).unwrap_err();
+        assert!(matches!(err, PkiError::Io { .. }));
+        assert!(err.to_string().contains("missing.key"), "{err}");
+
+        let garbage = dir.path().join("garbage.key");
+        fs::write(
+            &garbage,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = load_key(&garbage).unwrap_err();
+        assert!(matches!(err, PkiError::Key(_)));
+        assert!(err.to_string().contains("garbage.key"), "{err}");
+    }
+
+    #[test]
+    fn loads_openssl_style_pkcs8() {
+        // `openssl genpkey -algorithm ed25519` output (RFC 8410 example key).
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n\
+                   -----END PRIVATE KEY-----\n";
+        let key = key_from_pem(pem).unwrap();
+        let public = public_key_to_pem(&key.verifying_key());
+        // The public key of RFC 8410's example, section 10.1.
+        assert_eq!(
+            public,
+            "-----BEGIN PUBLIC KEY-----\n\
+             MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n\
+             -----END PUBLIC KEY-----\n"
+        );
+    }
 }

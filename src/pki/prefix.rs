@@ -253,3 +253,273 @@ fn parse_decimal(s: &str) -> Option<u128> {
     }
     s.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn net(s: &str) -> Network {
+        s.parse().unwrap()
+    }
+
+    fn pfx(s: &str) -> NodePrefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ca_serial_table() {
+        let cases = [
+            ("2001:db8:42::/48", "0120010db80042"),
+            ("2001:db8:42::/47", "900086dc0021"),
+            ("::/0", "01"),
+            ("::/1", "02"),
+            ("8000::/1", "03"),
+            ("fd00::/8", "01fd"),
+            ("2001:db8::/32", "0120010db8"),
+            ("2001:db8::/127", "900086dc000000000000000000000000"),
+            ("2001:db8::1/128", "0120010db8000000000000000000000001"),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+                "01ffffffffffffffffffffffffffffffff",
+            ),
+        ];
+        for (text, hex_serial) in cases {
+            let n = net(text);
+            let mut want = hex_serial.to_string();
+            if want.len() % 2 == 1 {
+                want.insert(0, '0');
+            }
+            let want = hex::decode(want).unwrap();
+            assert_eq!(n.ca_serial(), want, "{text}");
+            assert_eq!(Network::from_ca_serial(&want).unwrap(), n, "{text}");
+            assert_eq!(n.to_string(), text);
+        }
+        // The example of DESIGN.md, as an integer.
+        let serial = net("2001:db8:42::/48").ca_serial();
+        let mut buf = [0u8; 8];
+        buf[8 - serial.len()..].copy_from_slice(&serial);
+        assert_eq!(u64::from_be_bytes(buf), 0x120010db80042);
+    }
+
+    #[test]
+    fn ca_serial_round_trips_every_length() {
+        let bits = u128::from(Ipv6Addr::new(
+            0x2001, 0x0db8, 0xa5a5, 0x5a5a, 0xdead, 0xbeef, 0x1234, 0x5679,
+        ));
+        for len in 0..=128u8 {
+            let n = Network::new(Ipv6Addr::from(bits & mask(len)), len).unwrap();
+            let serial = n.ca_serial();
+            assert_eq!(serial.len(), usize::from(len) / 8 + 1, "/{len}");
+            assert_ne!(serial[0], 0);
+            assert_eq!(Network::from_ca_serial(&serial).unwrap(), n, "/{len}");
+            // A DER INTEGER may carry a leading zero byte.
+            let mut padded = vec![0];
+            padded.extend_from_slice(&serial);
+            assert_eq!(Network::from_ca_serial(&padded).unwrap(), n, "/{len}");
+        }
+    }
+
+    #[test]
+    fn ca_serial_rejects() {
+        let mut long = vec![0x02];
+        long.extend_from_slice(&[0; 16]);
+        for bad in [&[][..], &[0], &[0, 0], &[0xff; 18], &long] {
+            assert!(
+                matches!(Network::from_ca_serial(bad), Err(PkiError::Network(_))),
+                "{bad:x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_rejects() {
+        for bad in [
+            "2001:db8:42::1/48",
+            "2001:db8:42::/129",
+            "2001:db8:42::/300",
+            "2001:db8:42::",
+            "2001:db8:42::/",
+            "2001:db8:42::/+48",
+            "2001:db8:42::/048",
+            "2001:db8:42::/ 48",
+            "10.0.0.0/8",
+            "/48",
+            "",
+        ] {
+            assert!(bad.parse::<Network>().is_err(), "{bad:?}");
+        }
+        assert!(Network::new(Ipv6Addr::LOCALHOST, 127).is_err());
+        assert!(Network::new(Ipv6Addr::LOCALHOST, 128).is_ok());
+        assert!(Network::new(Ipv6Addr::UNSPECIFIED, 129).is_err());
+    }
+
+    #[test]
+    fn node_prefix_table() {
+        let good = [
+            ("5/16", 5, 16),
+            ("0/1", 0, 1),
+            ("1/1", 1, 1),
+            ("0/16", 0, 16),
+            ("65535/16", 65535, 16),
+            ("131071/17", 131_071, 17),
+            (
+                "340282366920938463463374607431768211455/128",
+                u128::MAX,
+                128,
+            ),
+        ];
+        for (text, value, len) in good {
+            let p = pfx(text);
+            assert_eq!((p.value(), p.len()), (value, len), "{text}");
+            assert_eq!(p.to_string(), text);
+            assert_eq!(NodePrefix::new(value, len).unwrap(), p);
+        }
+        let bad = [
+            "0/0",
+            "1/0",
+            "2/1",
+            "65536/16",
+            "5/129",
+            "5/256",
+            "05/16",
+            "5/016",
+            "+5/16",
+            "-5/16",
+            " 5/16",
+            "5/16 ",
+            "5 /16",
+            "5",
+            "/16",
+            "5/",
+            "/",
+            "",
+            "5/16/1",
+            "0x5/16",
+            "340282366920938463463374607431768211456/128",
+            "٥/16",
+        ];
+        for text in bad {
+            assert!(text.parse::<NodePrefix>().is_err(), "{text:?}");
+        }
+        assert!(NodePrefix::new(0, 0).is_err());
+        assert!(NodePrefix::new(1 << 16, 16).is_err());
+    }
+
+    #[test]
+    fn subnet_and_node_address() {
+        let cases = [
+            (
+                "2001:db8:42::/48",
+                "5/16",
+                "2001:db8:42:5::",
+                64,
+                "2001:db8:42:5::1",
+            ),
+            (
+                "2001:db8:42::/48",
+                "0/16",
+                "2001:db8:42::",
+                64,
+                "2001:db8:42::1",
+            ),
+            (
+                "2001:db8:42::/48",
+                "1/1",
+                "2001:db8:42:8000::",
+                49,
+                "2001:db8:42:8000::1",
+            ),
+            (
+                "2001:db8:42::/47",
+                "1/17",
+                "2001:db8:42:1::",
+                64,
+                "2001:db8:42:1::1",
+            ),
+            (
+                "2001:db8:42::/47",
+                "65536/17",
+                "2001:db8:43::",
+                64,
+                "2001:db8:43::1",
+            ),
+            (
+                "2001:db8::/32",
+                "5/80",
+                "2001:db8::5:0",
+                112,
+                "2001:db8::5:1",
+            ),
+            ("::/0", "1/1", "8000::", 1, "8000::1"),
+            ("2001:db8::/126", "1/1", "2001:db8::2", 127, "2001:db8::3"),
+        ];
+        for (n, p, subnet, len, addr) in cases {
+            let (n, p) = (net(n), pfx(p));
+            let subnet: Ipv6Addr = subnet.parse().unwrap();
+            let addr: Ipv6Addr = addr.parse().unwrap();
+            assert_eq!(n.subnet(&p).unwrap(), (subnet, len), "{n} {p}");
+            assert_eq!(n.node_address(&p).unwrap(), addr, "{n} {p}");
+            assert!(n.contains(subnet) && n.contains(addr));
+            assert_eq!(n.prefix_of(subnet, len).unwrap(), p, "{n} {p}");
+            assert_eq!(n.prefix_of(addr, len).unwrap(), p, "{n} {p}");
+        }
+    }
+
+    #[test]
+    fn subnet_bounds() {
+        let n = net("2001:db8:42::/48");
+        assert!(n.subnet(&pfx("5/80")).is_ok());
+        assert!(n.node_address(&pfx("5/80")).is_err(), "a /128 has no ::1");
+        assert!(n.subnet(&pfx("5/81")).is_err());
+        assert!(n.node_address(&pfx("5/81")).is_err());
+        let full = net("2001:db8::/127");
+        assert!(full.node_address(&pfx("1/1")).is_err());
+        assert!(net("::1/128").subnet(&pfx("0/1")).is_err());
+    }
+
+    #[test]
+    fn prefix_of_rejects() {
+        let n = net("2001:db8:42::/48");
+        let inside: Ipv6Addr = "2001:db8:42:5::".parse().unwrap();
+        let outside: Ipv6Addr = "2001:db8:43:5::".parse().unwrap();
+        assert!(n.prefix_of(outside, 64).is_err());
+        assert!(n.prefix_of(inside, 48).is_err());
+        assert!(n.prefix_of(inside, 40).is_err());
+        assert!(n.prefix_of(inside, 129).is_err());
+        assert_eq!(
+            n.prefix_of(inside, 128).unwrap(),
+            pfx("92233720368547758080/80")
+        );
+        assert!(!n.contains(outside));
+        assert!(net("::/0").contains(outside));
+    }
+
+    proptest! {
+        #[test]
+        fn prop_prefix_text_round_trip(value: u128, len in 1u8..=128) {
+            let value = if len == 128 { value } else { value & ((1u128 << len) - 1) };
+            let p = NodePrefix::new(value, len).unwrap();
+            prop_assert_eq!(p.to_string().parse::<NodePrefix>().unwrap(), p);
+        }
+
+        #[test]
+        fn prop_subnet_round_trip(bits: u128, nlen in 0u8..=127, value: u128, plen in 1u8..=128) {
+            let plen = plen.min(128 - nlen);
+            let value = if plen == 128 { value } else { value & ((1u128 << plen) - 1) };
+            let n = Network::new(Ipv6Addr::from(bits & mask(nlen)), nlen).unwrap();
+            let p = NodePrefix::new(value, plen).unwrap();
+            let (subnet, len) = n.subnet(&p).unwrap();
+            prop_assert!(n.contains(subnet));
+            prop_assert_eq!(n.prefix_of(subnet, len).unwrap(), p);
+            prop_assert_eq!(Network::from_ca_serial(&n.ca_serial()).unwrap(), n);
+        }
+
+        #[test]
+        fn prop_parsers_never_panic(s in "\\PC{0,60}") {
+            let _ = s.parse::<NodePrefix>();
+            let _ = s.parse::<Network>();
+        }
+    }
+}
