@@ -19,7 +19,9 @@ fn data(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(LEN as u64));
     let sender = Sender::new(&[7; 32], 1);
     let mut buf = vec![0u8; LEN + DATA_OVERHEAD];
-    g.bench_function("seal", |b| b.iter(|| black_box(sender.seal(&mut buf, LEN).unwrap())));
+    g.bench_function("seal", |b| {
+        b.iter(|| black_box(sender.seal(&mut buf, LEN).unwrap()))
+    });
     let s2 = Sender::new(&[8; 32], 1);
     let mut r2 = Receiver::new(&[8; 32], 1);
     g.bench_function("seal_open", |b| {
@@ -28,7 +30,10 @@ fn data(c: &mut Criterion) {
             black_box(r2.open(&mut buf[..n]).unwrap().1)
         })
     });
-    for (name, alg) in [("ring_aes256gcm", &AES_256_GCM), ("ring_chacha20poly1305", &CHACHA20_POLY1305)] {
+    for (name, alg) in [
+        ("ring_aes256gcm", &AES_256_GCM),
+        ("ring_chacha20poly1305", &CHACHA20_POLY1305),
+    ] {
         let key = LessSafeKey::new(UnboundKey::new(alg, &[9; 32]).unwrap());
         let mut ctr = 0u64;
         let mut p = vec![0u8; LEN];
@@ -38,8 +43,12 @@ fn data(c: &mut Criterion) {
                 let mut n = [0u8; 12];
                 n[4..].copy_from_slice(&ctr.to_be_bytes());
                 black_box(
-                    key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(n), Aad::from(&[0u8; DATA_HEADER_LEN]), &mut p)
-                        .unwrap(),
+                    key.seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&[0u8; DATA_HEADER_LEN]),
+                        &mut p,
+                    )
+                    .unwrap(),
                 )
             })
         });
@@ -61,7 +70,13 @@ fn node(ca: &Ca, prefix: &str, serial: u64) -> Credentials {
             not_after: now + Duration::from_secs(86400),
         })
         .unwrap();
-    Credentials::new(&key, cert, ca.cert_der(), Verifier::new(&ca.cert_pem()).unwrap()).unwrap()
+    Credentials::new(
+        &key,
+        cert,
+        ca.cert_der(),
+        Verifier::new(&ca.cert_pem()).unwrap(),
+    )
+    .unwrap()
 }
 
 fn handshake(c: &mut Criterion) {
@@ -78,9 +93,27 @@ fn handshake(c: &mut Criterion) {
             let mut m2 = [0u8; MAX_HANDSHAKE_LEN];
             let mut m3 = [0u8; MAX_HANDSHAKE_LEN];
             let (i, n1) = Initiator::start(&a, 1, expected, None, now, &mut m1).unwrap();
-            let (r, n2) = Responder::accept(&b, &Packet::new_checked(&m1[..n1]).unwrap(), 2, now, &mut m2).unwrap();
-            let (_, n3) = i.handle_response(&a, &Packet::new_checked(&m2[..n2]).unwrap(), now, wall, &mut m3).unwrap();
-            black_box(r.handle_finish(&b, &Packet::new_checked(&m3[..n3]).unwrap(), now, wall).unwrap())
+            let (r, n2) = Responder::accept(
+                &b,
+                &Packet::new_checked(&m1[..n1]).unwrap(),
+                2,
+                now,
+                &mut m2,
+            )
+            .unwrap();
+            let (_, n3) = i
+                .handle_response(
+                    &a,
+                    &Packet::new_checked(&m2[..n2]).unwrap(),
+                    now,
+                    wall,
+                    &mut m3,
+                )
+                .unwrap();
+            black_box(
+                r.handle_finish(&b, &Packet::new_checked(&m3[..n3]).unwrap(), now, wall)
+                    .unwrap(),
+            )
         })
     });
 }

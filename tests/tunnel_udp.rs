@@ -451,15 +451,23 @@ fn throughput() {
     let mut ea = extra.clone();
     ea.extend(["--peer", "10.77.0.2:5000,2/16"]);
     let _pa = tunnel(&a, &pki, &na, &la, &ea);
-    assert!(wait_for(&la, " up: ", 1, Duration::from_secs(20)), "{}", log_of(&la));
+    assert!(
+        wait_for(&la, " up: ", 1, Duration::from_secs(20)),
+        "{}",
+        log_of(&la)
+    );
     address(&a, "re6st-0", "fd77::1/64");
     address(&b, "re6st-0", "fd77::2/64");
     assert!(ping(&a, "fd77::2"));
     let secs = std::env::var("RE6ST_IPERF_SECS").unwrap_or_else(|_| "8".into());
-    for (label, dst, streams) in
-        [("veth", "10.77.0.2", "1"), ("tunnel", "fd77::2", "1"), ("tunnel", "fd77::2", "4")]
-    {
-        let _server = b.spawn("iperf3", &["-s", "-1"], &pki.log("iperf-s")).unwrap();
+    for (label, dst, streams) in [
+        ("veth", "10.77.0.2", "1"),
+        ("tunnel", "fd77::2", "1"),
+        ("tunnel", "fd77::2", "4"),
+    ] {
+        let _server = b
+            .spawn("iperf3", &["-s", "-1"], &pki.log("iperf-s"))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let out = a
             .command("iperf3")
@@ -476,7 +484,11 @@ fn throughput() {
         eprintln!("{label} TCP x{streams}: {line}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let ping = a.command("ping").args(["-6", "-c", "20", "-i", "0.05", "fd77::2"]).output().unwrap();
+    let ping = a
+        .command("ping")
+        .args(["-6", "-c", "20", "-i", "0.05", "fd77::2"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&ping.stdout);
     eprintln!("tunnel ping: {}", text.lines().last().unwrap_or(""));
 }
