@@ -477,8 +477,7 @@ fn throughput() {
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text
             .lines()
-            .filter(|l| l.contains("receiver"))
-            .last()
+            .rfind(|l| l.contains("receiver"))
             .unwrap_or("(no result)")
             .to_owned();
         eprintln!("{label} TCP x{streams}: {line}");
