@@ -94,9 +94,10 @@ fn tunnel(ns: &Netns, pki: &Pki, node: &NodeFiles, log: &Path, extra: &[&str]) -
         node.key.to_str().unwrap(),
         "--ca",
         ca.to_str().unwrap(),
-        "--listen",
-        "0.0.0.0:5000",
     ];
+    if !extra.contains(&"--listen") {
+        args.extend(["--listen", "0.0.0.0:5000"]);
+    }
     args.extend_from_slice(extra);
     ns.spawn(BIN, &args, log).unwrap()
 }
@@ -203,6 +204,53 @@ fn ping_and_iperf3_across_a_tunnel() {
     );
     eprintln!("{text}");
     assert!(text.contains("receiver"), "{text}");
+}
+
+#[test]
+fn ipv6_underlay() {
+    if !require_root("ipv6_underlay") {
+        return;
+    }
+    let mut pki = Pki::new();
+    let (a, b) = pair();
+    a.exec(
+        "ip",
+        &["-6", "addr", "add", "fd00:77::1/64", "dev", "va", "nodad"],
+    )
+    .unwrap();
+    b.exec(
+        "ip",
+        &["-6", "addr", "add", "fd00:77::2/64", "dev", "vb", "nodad"],
+    )
+    .unwrap();
+    let (na, nb) = (pki.node("1/16"), pki.node("2/16"));
+    let (la, lb) = (pki.log("a"), pki.log("b"));
+    let _pb = tunnel(&b, &pki, &nb, &lb, &["--listen", "[::]:5001"]);
+    let _pa = tunnel(
+        &a,
+        &pki,
+        &na,
+        &la,
+        &["--listen", "[::]:5001", "--peer", "[fd00:77::2]:5001,2/16"],
+    );
+    assert!(
+        wait_for(
+            &lb,
+            "peer 1/16 (serial 2) at [fd00:77::1]:5001",
+            1,
+            Duration::from_secs(20)
+        ),
+        "{}",
+        log_of(&lb)
+    );
+    assert!(
+        wait_for(&la, " up: ", 1, Duration::from_secs(20)),
+        "{}",
+        log_of(&la)
+    );
+    address(&a, "re6st-0", "fd77::1/64");
+    address(&b, "re6st-0", "fd77::2/64");
+    assert!(ping(&a, "fd77::2"), "{}\n{}", log_of(&la), log_of(&lb));
 }
 
 #[test]

@@ -1166,4 +1166,38 @@ mod tests {
             [DownReason::HandshakeTimeout(_)]
         ));
     }
+
+    #[test]
+    fn crossing_connects_make_one_tunnel() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        let ida = s.a.connect(s.b_addr, Some("2/16".parse().unwrap()), s.now);
+        let idb = s.b.connect(s.a_addr, Some("1/16".parse().unwrap()), s.now);
+        s.pump();
+        s.advance(Duration::from_secs(5));
+        assert_eq!((ups(&s.a_events), ups(&s.b_events)), (1, 1));
+        assert_eq!((s.a.tunnels().count(), s.b.tunnels().count()), (1, 1));
+        assert!(downs(&s.a_events).is_empty() && downs(&s.b_events).is_empty());
+        let pkt = [0x60u8, 0, 0, 0];
+        let (_, mut m) = send(&s.a, ida, &pkt);
+        assert!(matches!(
+            s.b.handle_datagram(s.a_addr, &mut m, s.now, s.wall),
+            Received::Packet { id, .. } if id == idb
+        ));
+    }
+
+    #[test]
+    fn revoking_a_peer_takes_its_tunnel_down() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        s.a.connect(s.b_addr, None, s.now);
+        s.pump();
+        s.advance(Duration::from_millis(10));
+        assert_eq!(ups(&s.b_events), 1);
+        let a_serial = s.a.credentials().serial();
+        s.b.set_revoked([a_serial]);
+        s.pump();
+        assert_eq!(downs(&s.b_events), vec![DownReason::Revoked]);
+        assert_eq!(s.b.tunnels().count(), 0);
+    }
 }
