@@ -28,9 +28,11 @@ use super::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, TAG_LEN};
 pub const MAX_MTU: usize = 1500;
 /// Size of one slot of a transmit batch: header, packet, tag.
 pub const SLOT: usize = DATA_HEADER_LEN + MAX_MTU + TAG_LEN;
-/// Datagrams per batch: enough for one 64 KiB TSO super-packet split at
-/// a gso_size down to 512 bytes.
-pub const BATCH: usize = 128;
+/// Datagrams per batch: two TUN reads' worth.
+pub const BATCH: usize = 2 * SUPER_PACKET_SLOTS;
+/// Slots one TUN read may need: a 64 KiB TSO super-packet split at a
+/// gso_size down to 512 bytes (below the smallest TCP MSS, 536).
+const SUPER_PACKET_SLOTS: usize = 128;
 
 /// Sealed messages waiting to be sent to one peer: message `i` is
 /// `flat()[offsets[i]..offsets[i] + lens[i]]`.
@@ -366,7 +368,7 @@ async fn encrypt_loop<T: Transmit>(
     let mut sender: Option<Arc<Sender>> = None;
     let mut addr: Option<SocketAddr> = None;
     loop {
-        let n = match dev
+        let mut n = match dev
             .recv_multiple(&mut original, &mut batch.slots, &mut sizes, DATA_HEADER_LEN)
             .await
         {
@@ -375,6 +377,19 @@ async fn encrypt_loop<T: Transmit>(
             Err(e) if e.raw_os_error() == Some(libc::EBADFD) => return,
             Err(_) => continue,
         };
+        // Fill the batch with what else is already queued (small packets,
+        // several flows), keeping room for a whole super-packet per read.
+        while BATCH - n >= SUPER_PACKET_SLOTS {
+            match dev.try_recv_multiple(
+                &mut original,
+                &mut batch.slots[n..],
+                &mut sizes[n..],
+                DATA_HEADER_LEN,
+            ) {
+                Ok(m) => n += m,
+                Err(_) => break,
+            }
+        }
         while let Ok(u) = updates.try_recv() {
             match u {
                 TxUpdate::Keys(s) => sender = Some(s),
