@@ -135,3 +135,66 @@ pub(crate) fn serial_u64(be: &[u8]) -> Result<u64, PkiError> {
     buf[8 - be.len()..].copy_from_slice(be);
     Ok(u64::from_be_bytes(buf))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ca::tests::{request, test_ca};
+    use crate::pki::csr::Csr;
+    use crate::pki::key::generate_key;
+
+    #[test]
+    fn serial_table() {
+        let cases: [(&[u8], Option<u64>); 7] = [
+            (&[], Some(0)),
+            (&[0], Some(0)),
+            (&[9], Some(9)),
+            (&[0, 0x80], Some(0x80)),
+            (
+                &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                Some(u64::MAX),
+            ),
+            (&[1, 0, 0, 0, 0, 0, 0, 0, 0], None),
+            (
+                &[0x01, 0x20, 0x01, 0x0d, 0xb8, 0x00, 0x42],
+                Some(0x120010db80042),
+            ),
+        ];
+        for (be, want) in cases {
+            assert_eq!(serial_u64(be).ok(), want, "{be:x?}");
+        }
+    }
+
+    #[test]
+    fn pem_variants() {
+        let ca = test_ca("2001:db8:42::/48");
+        let csr = Csr::generate(&generate_key(), &[]).unwrap();
+        let cert = ca.issue(&request(&csr, "5/16", 3)).unwrap();
+        let pem = cert.to_pem();
+        let crlf = pem.replace('\n', "\r\n");
+        let noisy = format!("Certificate:\n    Data: ...\n{pem}\n");
+        for text in [&pem, &crlf, &noisy] {
+            assert_eq!(NodeCert::from_pem(text).unwrap().der(), cert.der());
+        }
+        assert!(matches!(
+            NodeCert::from_pem(&csr.to_pem()),
+            Err(PkiError::Pem(_))
+        ));
+        assert!(matches!(NodeCert::from_pem(""), Err(PkiError::Pem(_))));
+    }
+
+    #[test]
+    fn ca_certificate_fields() {
+        let ca = test_ca("2001:db8:42::/48");
+        let cert = NodeCert::from_der(ca.cert_der()).unwrap();
+        assert_eq!(cert.serial(), 0x120010db80042);
+        assert!(cert.is_ca());
+        assert!(matches!(cert.prefix(), Err(PkiError::Prefix(_))));
+        assert_eq!(cert.subject_serial(), None);
+        assert_eq!(cert.public_key().unwrap(), ca.verifying_key());
+        // A /64 network: the serial needs 65 bits.
+        let wide = test_ca("2001:db8:42:1::/64");
+        let err = NodeCert::from_der(wide.cert_der()).unwrap_err();
+        assert!(err.to_string().contains("64 bits"), "{err}");
+    }
+}
