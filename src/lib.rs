@@ -11,6 +11,8 @@
 //!   authenticated peer protocol and the SQLite peer cache.
 //! - [`kernel`]: links, addresses and routes through netlink.
 //! - [`routing`]: the Babel router's sockets, event loop and kernel routes.
+//! - [`tunnel`]: encrypted point-to-point links (Noise handshakes bound to
+//!   certificates), one TUN interface per tunnel, and the fast data path.
 //! - [`testbed`]: network-namespace topologies for `re6st demo` and tests.
 //!
 //! Protocol logic lives in sans-I/O state machines (the `babel` crate, the
@@ -22,3 +24,4 @@ pub mod pki;
 pub mod registry;
 pub mod routing;
 pub mod testbed;
+pub mod tunnel;

@@ -4,3 +4,4 @@
 pub(crate) mod babel;
 pub(crate) mod conf;
 pub(crate) mod registry;
+pub(crate) mod tunnel;
