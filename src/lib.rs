@@ -15,3 +15,4 @@
 pub mod pki;
 pub mod registry;
 pub mod testbed;
+pub mod tunnel;

@@ -1,0 +1,2 @@
+//! Tunnels: authenticated, encrypted point-to-point IP links between nodes.
+pub mod framing;
