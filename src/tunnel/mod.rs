@@ -1,2 +1,3 @@
 //! Tunnels: authenticated, encrypted point-to-point IP links between nodes.
 pub mod framing;
+pub mod quic;
