@@ -1,2 +1,3 @@
 //! One module per subcommand: its clap options and a `run` function that
 //! calls into the library.
+pub(crate) mod link;

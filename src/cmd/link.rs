@@ -1,0 +1,274 @@
+//! `re6st link` (hidden): brings tunnels of one transport up between two
+//! hosts without the node daemon, for the integration tests and the
+//! throughput harness (`benches/throughput/`).
+//!
+//! - `re6st link pki --dir DIR --nodes N` writes a throw-away network:
+//!   `ca.crt` and `node<i>.key`/`node<i>.crt` with CN `"<i>/16"`.
+//! - `re6st link up --transport quic ...` listens (and, with `--connect`,
+//!   opens one tunnel to the node whose CN is `--peer`), gives every tunnel
+//!   its own TUN device with `--addr`, and runs until the tunnel it opened
+//!   ends (or forever when only accepting).
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+
+use re6st::pki::{self, Ca, Csr, IssueRequest, NodeCert, NodePrefix, Verifier};
+use re6st::tunnel::quic::tls::{PeerPolicy, TlsIdentity};
+use re6st::tunnel::quic::{QuicConfig, QuicTransport, QuicTunnel, TunnelEnd};
+
+/// Options of `re6st link`.
+#[derive(Args)]
+pub(crate) struct LinkArgs {
+    #[command(subcommand)]
+    command: LinkCommand,
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Write a throw-away CA and node certificates for tests and benches.
+    Pki(PkiArgs),
+    /// Bring tunnels up and move packets until the tunnel ends.
+    Up(UpArgs),
+}
+
+#[derive(Args)]
+struct PkiArgs {
+    /// Directory to write ca.crt, ca.key, node<i>.key and node<i>.crt into.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Number of node certificates (CN "1/16", "2/16", ...).
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// The network prefix.
+    #[arg(long, default_value = "2001:db8:42::/48")]
+    network: String,
+}
+
+/// Transports `re6st link up` can drive.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Transport {
+    /// QUIC datagrams with mutual TLS.
+    Quic,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// The transport.
+    #[arg(long, value_enum)]
+    transport: Transport,
+    /// The network CA certificate (PEM).
+    #[arg(long)]
+    ca: PathBuf,
+    /// Our node key (PKCS#8 PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Our node certificate (PEM).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Address to listen on (also the source of tunnels we open).
+    #[arg(long, default_value = "[::]:3260")]
+    listen: SocketAddr,
+    /// Open a tunnel to this address...
+    #[arg(long, requires = "peer")]
+    connect: Option<SocketAddr>,
+    /// ...whose certificate CN must be this prefix (e.g. "2/16").
+    #[arg(long)]
+    peer: Option<NodePrefix>,
+    /// TUN device name (tunnels after the first accepted get "-<n>").
+    #[arg(long, default_value = "re6st-0")]
+    dev: String,
+    /// IPv6 address and prefix length for the TUN device (e.g. fd00::1/64).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Dead-peer timeout in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    dead_timeout: f64,
+    /// Keepalive interval in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    keepalive: f64,
+}
+
+/// Runs `re6st link`.
+pub(crate) fn run(args: LinkArgs) -> anyhow::Result<()> {
+    match args.command {
+        LinkCommand::Pki(a) => write_pki(&a),
+        LinkCommand::Up(a) => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            rt.block_on(up(a))
+        }
+    }
+}
+
+fn write_pki(a: &PkiArgs) -> anyhow::Result<()> {
+    let network = a
+        .network
+        .parse()
+        .with_context(|| format!("--network {}", a.network))?;
+    let ca = Ca::generate(network, 30)?;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    ca.write(&a.dir)?;
+    let now = SystemTime::now();
+    for i in 1..=a.nodes {
+        let key = pki::generate_key();
+        let csr = Csr::generate(&key, &[])?;
+        let cert = ca.issue(&IssueRequest {
+            csr: &csr,
+            prefix: NodePrefix::new(u128::from(i), 16)?,
+            subject_serial: i,
+            serial: u64::from(i),
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(30 * 86_400),
+        })?;
+        pki::save_key(&a.dir.join(format!("node{i}.key")), &key)?;
+        write_new(&a.dir.join(format!("node{i}.crt")), &cert.to_pem())?;
+    }
+    Ok(())
+}
+
+fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn parse_addr(s: &str) -> anyhow::Result<(Ipv6Addr, u8)> {
+    let (a, l) = s
+        .split_once('/')
+        .context("--addr: expected ADDRESS/LENGTH")?;
+    let addr = a
+        .parse()
+        .with_context(|| format!("--addr: bad IPv6 address {a:?}"))?;
+    let len: u8 = l
+        .parse()
+        .with_context(|| format!("--addr: bad prefix length {l:?}"))?;
+    if len > 128 {
+        bail!("--addr: prefix length {len} above 128");
+    }
+    Ok((addr, len))
+}
+
+fn seconds(what: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("{what}: bad duration {s}"))
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let addr = a.addr.as_deref().map(parse_addr).transpose()?;
+    let key = pki::load_key(&a.key)?;
+    let cert = NodeCert::from_pem(&read(&a.cert)?)
+        .with_context(|| format!("{}: not a certificate", a.cert.display()))?;
+    let verifier = Verifier::new(&read(&a.ca)?)
+        .with_context(|| format!("{}: not a CA certificate", a.ca.display()))?;
+    let config = QuicConfig {
+        keepalive: seconds("--keepalive", a.keepalive)?,
+        dead_timeout: seconds("--dead-timeout", a.dead_timeout)?,
+        ..QuicConfig::default()
+    };
+    match a.transport {
+        Transport::Quic => {
+            let id = TlsIdentity::new(&key, &cert)?;
+            let transport = Arc::new(QuicTransport::bind(
+                a.listen,
+                id,
+                PeerPolicy::new(verifier),
+                &config,
+            )?);
+            tracing::info!(listen = %transport.local_addr()?, "quic transport up");
+            let acceptor = tokio::spawn(accept_loop(Arc::clone(&transport), a.dev.clone(), addr));
+            match (a.connect, a.peer) {
+                (Some(remote), Some(peer)) => {
+                    let tunnel = transport
+                        .connect(remote, peer)
+                        .await
+                        .with_context(|| format!("quic tunnel to {peer} at {remote}"))?;
+                    let end = run_tunnel(tunnel, &a.dev, addr).await?;
+                    acceptor.abort();
+                    transport.close();
+                    match end {
+                        TunnelEnd::ClosedLocally => Ok(()),
+                        other => bail!(
+                            "quic tunnel to {peer} at {remote} ended: {}",
+                            describe(&other, config.dead_timeout)
+                        ),
+                    }
+                }
+                _ => acceptor.await.context("accept loop")?,
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    transport: Arc<QuicTransport>,
+    dev: String,
+    addr: Option<(Ipv6Addr, u8)>,
+) -> anyhow::Result<()> {
+    let mut n = 0u32;
+    while let Some(incoming) = transport.accept().await {
+        match incoming {
+            Ok(tunnel) => {
+                let name = if n == 0 {
+                    dev.clone()
+                } else {
+                    format!("{dev}-{n}")
+                };
+                n += 1;
+                let peer = tunnel.peer_prefix();
+                tokio::spawn(async move {
+                    match run_tunnel(tunnel, &name, addr).await {
+                        Ok(end) => tracing::info!(%peer, "quic tunnel ended: {end:?}"),
+                        Err(e) => tracing::warn!(%peer, "quic tunnel failed: {e:#}"),
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("refused an incoming quic tunnel: {e}"),
+        }
+    }
+    Ok(())
+}
+
+async fn run_tunnel(
+    tunnel: QuicTunnel,
+    dev: &str,
+    addr: Option<(Ipv6Addr, u8)>,
+) -> anyhow::Result<TunnelEnd> {
+    let mut b = tun_rs::DeviceBuilder::new().name(dev).mtu(tunnel.mtu());
+    if let Some((ip, len)) = addr {
+        b = b.ipv6(ip, len);
+    }
+    let tun = b
+        .build_async()
+        .with_context(|| format!("cannot create TUN device {dev}"))?;
+    tracing::info!(
+        peer = %tunnel.peer_prefix(),
+        remote = %tunnel.remote_address(),
+        dev,
+        mtu = tunnel.mtu(),
+        "quic tunnel up"
+    );
+    Ok(tunnel.run(Arc::new(tun)).await)
+}
+
+fn describe(end: &TunnelEnd, dead: Duration) -> String {
+    match end {
+        TunnelEnd::TimedOut => format!("peer dead (nothing heard for {dead:?})"),
+        TunnelEnd::ClosedByPeer(why) => format!("closed by the peer ({why})"),
+        TunnelEnd::ClosedLocally => "closed".into(),
+        TunnelEnd::Device(e) => format!("TUN device error: {e}"),
+        TunnelEnd::Other(e) => e.to_string(),
+    }
+}
