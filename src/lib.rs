@@ -7,6 +7,8 @@
 //! - [`registry`]: the HTTP service that allocates prefixes, issues and
 //!   revokes certificates and publishes the signed network configuration,
 //!   with its SQLite store and a typed client.
+//! - [`tunnel`]: encrypted point-to-point links (Noise handshakes bound to
+//!   certificates), one TUN interface per tunnel, and the fast data path.
 //! - [`testbed`]: network-namespace topologies for `re6st demo` and tests.
 //!
 //! Protocol logic lives in sans-I/O state machines (the `babel` crate, the

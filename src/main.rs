@@ -24,6 +24,9 @@ enum Command {
     /// Bring tunnels of one transport up without the node (tests, benches).
     #[command(hide = true)]
     Link(cmd::link::LinkArgs),
+    /// Bring up tunnels from the command line (tests and benchmarks).
+    #[command(hide = true)]
+    Tunnel(cmd::tunnel::TunnelArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result: anyhow::Result<()> = match cli.command {
         Command::Link(args) => cmd::link::run(args),
+        Command::Tunnel(args) => cmd::tunnel::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,3 +1,5 @@
 //! One module per subcommand: its clap options and a `run` function that
 //! calls into the library.
+
 pub(crate) mod link;
+pub(crate) mod tunnel;

@@ -4,4 +4,4 @@
 
 mod netns;
 
-pub use netns::{require_root, veth, NsChild, Netns};
+pub use netns::{require_root, veth, Netns, NsChild};

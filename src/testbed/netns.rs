@@ -52,8 +52,16 @@ impl Netns {
     /// Starts `program args...` inside the namespace in the background,
     /// with stdout and stderr appended to `log`. The child is killed (by its
     /// PID) when the returned handle drops.
-    pub fn spawn(&self, program: &str, args: &[&str], log: &std::path::Path) -> io::Result<NsChild> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    pub fn spawn(
+        &self,
+        program: &str,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> io::Result<NsChild> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let err = out.try_clone()?;
         let child = self
             .command(program)
@@ -123,8 +131,19 @@ impl Drop for NsChild {
 /// both up. Interface names are local to each namespace.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> io::Result<()> {
     run(Command::new("ip").args([
-        "link", "add", "name", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if,
-        "netns", b.name(),
+        "link",
+        "add",
+        "name",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
     ]))?;
     a.exec("ip", &["link", "set", a_if, "up"])?;
     b.exec("ip", &["link", "set", b_if, "up"])?;

@@ -1,0 +1,435 @@
+//! The data path between TUN devices and a transport: batches and reused
+//! buffers, one encrypting task per tunnel (TUN -> transport) and
+//! per-tunnel write batches for the decrypting side (transport -> TUN).
+//!
+//! Each direction of a tunnel runs on one task, so a flow's packets stay in
+//! order while the two directions use both cores. The encrypting task
+//! seals with the session's [`Sender`] (an atomic counter, no lock) and
+//! learns of new keys and addresses through a channel it polls between
+//! batches.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tun_rs::{AsyncDevice, GROTable, VIRTIO_NET_HDR_LEN};
+
+use super::endpoint::{Endpoint, Event, TunnelId, TxCounters};
+use super::session::{Sender, SessionError};
+use super::sys::tun::{self, TunConfig};
+use super::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, TAG_LEN};
+
+/// Largest inner MTU supported.
+pub const MAX_MTU: usize = 1500;
+/// Size of one slot of a transmit batch: header, packet, tag.
+pub const SLOT: usize = DATA_HEADER_LEN + MAX_MTU + TAG_LEN;
+/// Datagrams per batch (one TSO super-packet of 64 KiB at MTU 1280 is 52).
+pub const BATCH: usize = 64;
+
+/// Sealed messages waiting to be sent to one peer: message `i` is
+/// `flat()[offsets[i]..offsets[i] + lens[i]]`.
+pub struct TxBatch {
+    slots: Vec<[u8; SLOT]>,
+    offsets: Vec<usize>,
+    lens: Vec<usize>,
+}
+
+impl Default for TxBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TxBatch {
+    /// An empty batch of [`BATCH`] slots.
+    pub fn new() -> Self {
+        Self {
+            slots: vec![[0u8; SLOT]; BATCH],
+            offsets: Vec::with_capacity(BATCH),
+            lens: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The batch memory (slots back to back).
+    pub fn flat(&self) -> &[u8] {
+        self.slots.as_flattened()
+    }
+
+    /// Offsets of the messages in [`TxBatch::flat`].
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// Lengths of the messages.
+    pub fn lens(&self) -> &[usize] {
+        &self.lens
+    }
+
+    /// Number of messages.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Whether the batch holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Empties the batch.
+    pub fn clear(&mut self) {
+        self.offsets.clear();
+        self.lens.clear();
+    }
+
+    /// Packs the messages back to back (so runs of equal-size datagrams
+    /// can go as one GSO send). Messages keep their order.
+    pub fn compact(&mut self) {
+        let flat = self.slots.as_flattened_mut();
+        let mut w = 0;
+        for i in 0..self.lens.len() {
+            let (o, l) = (self.offsets[i], self.lens[i]);
+            if o != w {
+                flat.copy_within(o..o + l, w);
+                self.offsets[i] = w;
+            }
+            w += l;
+        }
+    }
+
+    /// Drops the first `n` messages (already sent).
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.lens.len());
+        self.offsets.drain(..n);
+        self.lens.drain(..n);
+    }
+}
+
+/// What a transport provides to the encrypting tasks: sending sealed
+/// messages to a peer. UDP sends them as datagrams (with GSO), TCP as
+/// length-prefixed records.
+pub trait Transmit: Send + Sync + 'static {
+    /// Sends every message of `batch` to `dst`, in order, waiting for the
+    /// transport to accept them (backpressure). May reorder bytes inside the
+    /// batch (e.g. [`TxBatch::compact`]); leaves it empty on success.
+    fn send_batch(
+        &self,
+        dst: SocketAddr,
+        batch: &mut TxBatch,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Bytes the transport adds around a sealed message on the underlay,
+    /// besides the IP header (e.g. 8 for UDP).
+    fn overhead(&self) -> usize;
+}
+
+/// An update for a tunnel's encrypting task.
+#[derive(Debug)]
+enum TxUpdate {
+    Keys(Arc<Sender>),
+    Addr(SocketAddr),
+}
+
+/// Settings of the TUN devices a manager creates.
+#[derive(Clone, Debug)]
+pub struct TunSettings {
+    /// Interface name prefix; tunnels are `<prefix><n>`.
+    pub name_prefix: String,
+    /// Underlay MTU (of the path to peers).
+    pub underlay_mtu: usize,
+    /// Whether to use TSO/GRO offloads on TUN devices.
+    pub offload: bool,
+    /// Seed of the link-local interface identifiers.
+    pub link_local_seed: u64,
+}
+
+impl Default for TunSettings {
+    fn default() -> Self {
+        Self {
+            name_prefix: "re6st-".into(),
+            underlay_mtu: 1500,
+            offload: true,
+            link_local_seed: 0,
+        }
+    }
+}
+
+struct Interface {
+    name: String,
+    dev: Arc<AsyncDevice>,
+    updates: mpsc::UnboundedSender<TxUpdate>,
+    task: JoinHandle<()>,
+    rx: RxBatch,
+}
+
+impl Drop for Interface {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Decrypted packets waiting to be written to one TUN device.
+struct RxBatch {
+    bufs: Vec<Vec<u8>>,
+    used: usize,
+    gro: GROTable,
+}
+
+impl RxBatch {
+    fn new() -> Self {
+        Self {
+            bufs: Vec::new(),
+            used: 0,
+            gro: GROTable::default(),
+        }
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        if self.used == self.bufs.len() {
+            self.bufs
+                .push(Vec::with_capacity(VIRTIO_NET_HDR_LEN + 65535));
+        }
+        let b = &mut self.bufs[self.used];
+        b.clear();
+        b.resize(VIRTIO_NET_HDR_LEN, 0);
+        b.extend_from_slice(packet);
+        self.used += 1;
+    }
+}
+
+/// The TUN side of every tunnel of one transport: creates an interface when
+/// a tunnel comes up, runs its encrypting task, batches decrypted packets
+/// into it, and removes it when the tunnel goes down.
+pub struct TunnelManager<T: Transmit> {
+    transmit: Arc<T>,
+    settings: TunSettings,
+    next_if: u32,
+    interfaces: HashMap<TunnelId, Interface>,
+    dirty: Vec<TunnelId>,
+}
+
+impl<T: Transmit> TunnelManager<T> {
+    /// A manager sending through `transmit`.
+    pub fn new(transmit: Arc<T>, settings: TunSettings) -> Self {
+        Self {
+            transmit,
+            settings,
+            next_if: 0,
+            interfaces: HashMap::new(),
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The inner MTU of tunnels: underlay MTU minus the IPv6 header (the
+    /// larger one), the transport's overhead and ours.
+    pub fn mtu(&self) -> u16 {
+        let m = self
+            .settings
+            .underlay_mtu
+            .saturating_sub(40 + self.transmit.overhead() + DATA_OVERHEAD);
+        m.clamp(1280, MAX_MTU) as u16
+    }
+
+    /// The interface name of a tunnel.
+    pub fn interface(&self, id: TunnelId) -> Option<&str> {
+        self.interfaces.get(&id).map(|i| i.name.as_str())
+    }
+
+    fn free_name(&mut self) -> String {
+        loop {
+            let n = self.next_if;
+            self.next_if = self.next_if.wrapping_add(1);
+            let name = format!("{}{n}", self.settings.name_prefix);
+            if !self.interfaces.values().any(|i| i.name == name) {
+                return name;
+            }
+        }
+    }
+
+    fn link_local(&self, id: TunnelId) -> Ipv6Addr {
+        let s = self.settings.link_local_seed;
+        let hi = (s as u32) ^ 0x7265_3673;
+        Ipv6Addr::new(
+            0xfe80,
+            0,
+            0,
+            0,
+            (hi >> 16) as u16,
+            hi as u16,
+            (id.0 >> 16) as u16,
+            (id.0 as u16) | 1,
+        )
+    }
+
+    /// Applies an endpoint event: creates, updates or removes the tunnel's
+    /// interface. Call with every event the endpoint emits.
+    pub fn handle_event(&mut self, ev: &Event, endpoint: &Endpoint) -> io::Result<()> {
+        match ev {
+            Event::Up { id, addr, .. } => {
+                let name = self.free_name();
+                let config = TunConfig {
+                    name: name.clone(),
+                    mtu: self.mtu(),
+                    link_local: self.link_local(*id),
+                    offload: self.settings.offload,
+                };
+                let dev = Arc::new(tun::create(&config)?);
+                let (tx, rx) = mpsc::unbounded_channel();
+                let _ = tx.send(TxUpdate::Addr(*addr));
+                let counters = endpoint.tx_counters(*id).unwrap_or_default();
+                let task = tokio::spawn(encrypt_loop(
+                    dev.clone(),
+                    self.transmit.clone(),
+                    rx,
+                    counters,
+                ));
+                self.interfaces.insert(
+                    *id,
+                    Interface {
+                        name,
+                        dev,
+                        updates: tx,
+                        task,
+                        rx: RxBatch::new(),
+                    },
+                );
+            }
+            Event::Keys { id, sender } => {
+                if let Some(i) = self.interfaces.get(id) {
+                    if let Some(a) = endpoint.addr(*id) {
+                        let _ = i.updates.send(TxUpdate::Addr(a));
+                    }
+                    let _ = i.updates.send(TxUpdate::Keys(sender.clone()));
+                }
+            }
+            Event::Roamed { id, addr } => {
+                if let Some(i) = self.interfaces.get(id) {
+                    let _ = i.updates.send(TxUpdate::Addr(*addr));
+                }
+            }
+            Event::Down { id, .. } => {
+                self.interfaces.remove(id);
+            }
+            Event::Refused { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Queues a decrypted packet for the tunnel's interface.
+    pub fn deliver(&mut self, id: TunnelId, packet: &[u8]) {
+        if let Some(i) = self.interfaces.get_mut(&id) {
+            if i.rx.used == 0 {
+                self.dirty.push(id);
+            }
+            i.rx.push(packet);
+        }
+    }
+
+    /// Writes the queued packets to their interfaces, coalescing TCP and
+    /// UDP flows (GRO) when offloads are on.
+    pub async fn flush(&mut self) {
+        for id in self.dirty.drain(..) {
+            let Some(i) = self.interfaces.get_mut(&id) else {
+                continue;
+            };
+            let used = i.rx.used;
+            i.rx.used = 0;
+            let RxBatch { bufs, gro, .. } = &mut i.rx;
+            if i.dev
+                .send_multiple(gro, &mut bufs[..used], VIRTIO_NET_HDR_LEN)
+                .await
+                .is_err()
+            {
+                // The kernel refused some packet (e.g. interface going down);
+                // the rest of the batch was still written.
+            }
+        }
+    }
+}
+
+/// Reads packets from a TUN device (splitting TSO super-packets), seals
+/// them and sends them to the peer, batch by batch.
+async fn encrypt_loop<T: Transmit>(
+    dev: Arc<AsyncDevice>,
+    transmit: Arc<T>,
+    mut updates: mpsc::UnboundedReceiver<TxUpdate>,
+    counters: Arc<TxCounters>,
+) {
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65535];
+    let mut batch = TxBatch::new();
+    let mut sizes = [0usize; BATCH];
+    let mut sender: Option<Arc<Sender>> = None;
+    let mut addr: Option<SocketAddr> = None;
+    loop {
+        let n = match dev
+            .recv_multiple(&mut original, &mut batch.slots, &mut sizes, DATA_HEADER_LEN)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => return,
+            Err(_) => continue,
+        };
+        while let Ok(u) = updates.try_recv() {
+            match u {
+                TxUpdate::Keys(s) => sender = Some(s),
+                TxUpdate::Addr(a) => addr = Some(a),
+            }
+        }
+        let (Some(s), Some(dst)) = (&sender, addr) else {
+            counters.no_session.fetch_add(n as u64, Ordering::Relaxed);
+            continue;
+        };
+        batch.clear();
+        let mut bytes = 0u64;
+        for (i, &len) in sizes.iter().enumerate().take(n) {
+            match s.seal(&mut batch.slots[i], len) {
+                Ok(m) => {
+                    batch.offsets.push(i * SLOT);
+                    batch.lens.push(m);
+                    bytes += len as u64;
+                }
+                Err(SessionError::CounterExhausted) | Err(_) => {
+                    counters.no_session.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let sent = batch.len() as u64;
+        match transmit.send_batch(dst, &mut batch).await {
+            Ok(()) => {
+                counters.packets.fetch_add(sent, Ordering::Relaxed);
+                counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(_) => {
+                counters.send_errors.fetch_add(sent, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_keeps_order_and_packs() {
+        let mut b = TxBatch::new();
+        for (i, len) in [100usize, 100, 60].into_iter().enumerate() {
+            b.slots[i][..len].fill(i as u8 + 1);
+            b.offsets.push(i * SLOT);
+            b.lens.push(len);
+        }
+        b.compact();
+        assert_eq!(b.offsets(), &[0, 100, 200]);
+        let f = b.flat();
+        assert!(f[..100].iter().all(|&x| x == 1));
+        assert!(f[100..200].iter().all(|&x| x == 2));
+        assert!(f[200..260].iter().all(|&x| x == 3));
+        b.consume(2);
+        assert_eq!((b.offsets(), b.lens()), (&[200usize][..], &[60usize][..]));
+    }
+}
