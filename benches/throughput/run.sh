@@ -153,8 +153,22 @@ re6st_bin() {
 re6st_row() {
     local proto=$1
     re6st_bin || { echo "re6st binary not found"; return 2; }
-    "$RE6ST" tunnel --help >/dev/null 2>&1 || { echo "this re6st has no 'tunnel' subcommand"; return 2; }
-    re6st_tunnel_up "$proto"
+    "$RE6ST" link up --help 2>/dev/null | grep -q -- "- $proto:" ||
+        { echo "this re6st cannot bring up a $proto tunnel ('re6st link up --transport $proto')"; return 2; }
+    [ -f "$WORK/re6st-pki/ca.crt" ] || "$RE6ST" link pki --dir "$WORK/re6st-pki" --nodes 2
+    local pki=$WORK/re6st-pki
+    bg_in_ns "$NS_B" "$ROW_WORK/re6st-b.log" "$RE6ST" link up --transport "$proto" \
+        --ca "$pki/ca.crt" --key "$pki/node2.key" --cert "$pki/node2.crt" \
+        --listen "[::]:3260" --dev re6st-0 --addr fd00:198:19::2/64
+    TUNNEL_PIDS+=("$LAST_PID")
+    sleep 0.5
+    bg_in_ns "$NS_A" "$ROW_WORK/re6st-a.log" "$RE6ST" link up --transport "$proto" \
+        --ca "$pki/ca.crt" --key "$pki/node1.key" --cert "$pki/node1.crt" \
+        --listen "[::]:3260" --connect "[$UL6_B]:3260" --peer 2/16 \
+        --dev re6st-0 --addr fd00:198:19::1/64
+    TUNNEL_PIDS+=("$LAST_PID")
+    TARGET=fd00:198:19::2
+    wait_ping "$TARGET" || { tail -20 "$ROW_WORK/re6st-a.log" "$ROW_WORK/re6st-b.log" >&2; return 1; }
 }
 row_re6st-udp() { re6st_row udp; }
 row_re6st-tcp() { re6st_row tcp; }

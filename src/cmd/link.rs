@@ -54,6 +54,8 @@ struct PkiArgs {
 enum Transport {
     /// QUIC datagrams with mutual TLS.
     Quic,
+    /// Noise sessions over TCP streams.
+    Tcp,
 }
 
 #[derive(Args)]
@@ -79,7 +81,8 @@ struct UpArgs {
     /// ...whose certificate CN must be this prefix (e.g. "2/16").
     #[arg(long)]
     peer: Option<NodePrefix>,
-    /// TUN device name (tunnels after the first accepted get "-<n>").
+    /// TUN device name for quic (tunnels after the first accepted get
+    /// "-<n>"); tcp tunnels are named "<dev minus its last char><n>".
     #[arg(long, default_value = "re6st-0")]
     dev: String,
     /// IPv6 address and prefix length for the TUN device (e.g. fd00::1/64).
@@ -179,6 +182,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         ..QuicConfig::default()
     };
     match a.transport {
+        Transport::Tcp => up_tcp(&a, key, cert, verifier, addr).await,
         Transport::Quic => {
             let id = TlsIdentity::new(&key, &cert)?;
             let transport = Arc::new(QuicTransport::bind(
@@ -270,5 +274,116 @@ fn describe(end: &TunnelEnd, dead: Duration) -> String {
         TunnelEnd::ClosedLocally => "closed".into(),
         TunnelEnd::Device(e) => format!("TUN device error: {e}"),
         TunnelEnd::Other(e) => e.to_string(),
+    }
+}
+
+/// The tcp transport through the tunnel manager: interfaces are created
+/// by the manager; `--addr` is added to each when it comes up.
+async fn up_tcp(
+    a: &UpArgs,
+    key: ed25519_dalek::SigningKey,
+    cert: NodeCert,
+    verifier: Verifier,
+    addr: Option<(Ipv6Addr, u8)>,
+) -> anyhow::Result<()> {
+    use der::{DecodePem, Encode};
+    use re6st::tunnel::{
+        tcp, Credentials, EndpointConfig, Timing, TunSettings, TunnelEvent, TunnelsConfig,
+    };
+
+    let ca_pem = read(&a.ca)?;
+    let ca_der = x509_cert::Certificate::from_pem(ca_pem.as_bytes())
+        .and_then(|c| c.to_der())
+        .map_err(|e| anyhow::anyhow!("{}: bad CA certificate: {e}", a.ca.display()))?;
+    let creds =
+        Arc::new(Credentials::new(&key, cert, &ca_der, verifier).context("our certificate")?);
+    let prefix = a
+        .dev
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .to_owned();
+    let dead = seconds("--dead-timeout", a.dead_timeout)?;
+    let config = TunnelsConfig {
+        listen: a.listen,
+        endpoint: EndpointConfig {
+            timing: Timing {
+                keepalive: seconds("--keepalive", a.keepalive)?,
+                dead_after: dead,
+                ..Timing::default()
+            },
+            ..EndpointConfig::default()
+        },
+        tun: TunSettings {
+            name_prefix: prefix,
+            ..TunSettings::default()
+        },
+        seed: None,
+    };
+    let (tunnels, mut events) = tcp::start(creds, config)
+        .await
+        .with_context(|| format!("cannot listen on tcp {}", a.listen))?;
+    tracing::info!(listen = %tunnels.local_addr(), "tcp transport up");
+    let ours = match (a.connect, a.peer) {
+        (Some(remote), Some(peer)) => {
+            Some((tunnels.connect(remote, Some(peer)).await?, remote, peer))
+        }
+        _ => None,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let ev = tokio::select! {
+            _ = term.recv() => return Ok(()),
+            ev = events.recv() => ev.context("tcp transport stopped")?,
+        };
+        match ev {
+            TunnelEvent::Up {
+                id,
+                interface,
+                peer,
+                addr: remote,
+                ..
+            } => {
+                tracing::info!(peer = %peer.prefix, %remote, dev = %interface, "tcp tunnel {id} up");
+                if let Some((ip, len)) = addr {
+                    let st = std::process::Command::new("ip")
+                        .args([
+                            "-6",
+                            "addr",
+                            "add",
+                            &format!("{ip}/{len}"),
+                            "dev",
+                            &interface,
+                            "nodad",
+                        ])
+                        .status()
+                        .context("cannot run ip")?;
+                    if !st.success() {
+                        tracing::warn!(dev = %interface, "cannot add {ip}/{len}");
+                    }
+                }
+            }
+            TunnelEvent::Down { id, reason, .. } => {
+                tracing::warn!("tcp tunnel {id} down: {reason}");
+                if let Some((mine, remote, peer)) = ours {
+                    if mine == id {
+                        let why = match reason {
+                            re6st::tunnel::DownReason::Timeout(_) => {
+                                format!("peer dead (nothing heard for {dead:?})")
+                            }
+                            other => other.to_string(),
+                        };
+                        bail!("tcp tunnel to {peer} at {remote} ended: {why}");
+                    }
+                }
+            }
+            TunnelEvent::Roamed { id, addr: remote } => {
+                tracing::info!("tcp tunnel {id} roamed to {remote}")
+            }
+            TunnelEvent::Refused {
+                addr: remote,
+                error,
+            } => {
+                tracing::warn!(%remote, "tcp: refused peer: {error}");
+            }
+        }
     }
 }

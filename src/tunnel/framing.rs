@@ -119,6 +119,16 @@ impl RecordDecoder {
     /// needed, or the error that made the stream unusable (returned again on
     /// every later call).
     pub fn next_record(&mut self) -> Result<Option<&[u8]>, FramingError> {
+        Ok(self.next_range()?.map(|r| &self.buf[r]))
+    }
+
+    /// As [`Self::next_record`], with the body mutable (to decrypt in
+    /// place).
+    pub fn next_record_mut(&mut self) -> Result<Option<&mut [u8]>, FramingError> {
+        Ok(self.next_range()?.map(|r| &mut self.buf[r]))
+    }
+
+    fn next_range(&mut self) -> Result<Option<std::ops::Range<usize>>, FramingError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -141,7 +151,7 @@ impl RecordDecoder {
         }
         let body = self.start + HEADER_LEN;
         self.start = body + len;
-        Ok(Some(&self.buf[body..body + len]))
+        Ok(Some(body..body + len))
     }
 
     fn fail(&mut self, e: FramingError) -> FramingError {
@@ -308,7 +318,9 @@ mod tests {
             assert_eq!(dec.next_record().unwrap(), None, "after {i} bytes");
             dec.feed(&[*b]);
         }
-        assert_eq!(dec.next_record().unwrap(), Some(&[1, 2, 3, 4][..]));
+        let body = dec.next_record_mut().unwrap().unwrap();
+        body[0] = 9;
+        assert_eq!(body, &[9, 2, 3, 4]);
         assert_eq!(dec.next_record().unwrap(), None);
     }
 

@@ -14,6 +14,7 @@
 //!   [`datapath::Transmit`] trait a transport implements.
 //! - [`udp`]: the UDP transport shell. `sys`: the unsafe system edge.
 //! - [`framing`]: length-prefixed records for stream transports.
+//! - [`tcp`]: the same sessions over TCP streams, as records.
 //! - [`quic`]: the QUIC transport (quinn, mutual TLS, datagrams).
 //!
 //! [`Tunnels`] is the handle the node (and `re6st tunnel`) drives: connect,
@@ -33,6 +34,7 @@ pub mod handshake;
 pub mod quic;
 pub mod session;
 pub mod sys;
+pub mod tcp;
 pub mod udp;
 pub mod wire;
 
