@@ -56,6 +56,8 @@ enum Transport {
     Quic,
     /// Noise sessions over TCP streams.
     Tcp,
+    /// Noise sessions over UDP (the tunnel helper's transport).
+    Udp,
 }
 
 #[derive(Args)]
@@ -182,7 +184,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         ..QuicConfig::default()
     };
     match a.transport {
-        Transport::Tcp => up_tcp(&a, key, cert, verifier, addr).await,
+        Transport::Tcp | Transport::Udp => up_noise(&a, key, cert, verifier, addr).await,
         Transport::Quic => {
             let id = TlsIdentity::new(&key, &cert)?;
             let transport = Arc::new(QuicTransport::bind(
@@ -277,9 +279,9 @@ fn describe(end: &TunnelEnd, dead: Duration) -> String {
     }
 }
 
-/// The tcp transport through the tunnel manager: interfaces are created
-/// by the manager; `--addr` is added to each when it comes up.
-async fn up_tcp(
+/// The tcp (or udp) transport through the tunnel manager: interfaces are
+/// created by the manager; `--addr` is added to each when it comes up.
+async fn up_noise(
     a: &UpArgs,
     key: ed25519_dalek::SigningKey,
     cert: NodeCert,
@@ -288,7 +290,7 @@ async fn up_tcp(
 ) -> anyhow::Result<()> {
     use der::{DecodePem, Encode};
     use re6st::tunnel::{
-        tcp, Credentials, EndpointConfig, Timing, TunSettings, TunnelEvent, TunnelsConfig,
+        tcp, udp, Credentials, EndpointConfig, Timing, TunSettings, TunnelEvent, TunnelsConfig,
     };
 
     let ca_pem = read(&a.ca)?;
@@ -318,10 +320,17 @@ async fn up_tcp(
         },
         seed: None,
     };
-    let (tunnels, mut events) = tcp::start(creds, config)
-        .await
-        .with_context(|| format!("cannot listen on tcp {}", a.listen))?;
-    tracing::info!(listen = %tunnels.local_addr(), "tcp transport up");
+    let name = if matches!(a.transport, Transport::Udp) {
+        "udp"
+    } else {
+        "tcp"
+    };
+    let (tunnels, mut events) = match a.transport {
+        Transport::Udp => udp::start(creds, config).await,
+        _ => tcp::start(creds, config).await,
+    }
+    .with_context(|| format!("cannot listen on {name} {}", a.listen))?;
+    tracing::info!(listen = %tunnels.local_addr(), "{name} transport up");
     let ours = match (a.connect, a.peer) {
         (Some(remote), Some(peer)) => {
             Some((tunnels.connect(remote, Some(peer)).await?, remote, peer))
@@ -342,7 +351,7 @@ async fn up_tcp(
                 addr: remote,
                 ..
             } => {
-                tracing::info!(peer = %peer.prefix, %remote, dev = %interface, "tcp tunnel {id} up");
+                tracing::info!(peer = %peer.prefix, %remote, dev = %interface, "{name} tunnel {id} up");
                 if let Some((ip, len)) = addr {
                     let st = std::process::Command::new("ip")
                         .args([
@@ -362,7 +371,7 @@ async fn up_tcp(
                 }
             }
             TunnelEvent::Down { id, reason, .. } => {
-                tracing::warn!("tcp tunnel {id} down: {reason}");
+                tracing::warn!("{name} tunnel {id} down: {reason}");
                 if let Some((mine, remote, peer)) = ours {
                     if mine == id {
                         let why = match reason {
@@ -371,18 +380,18 @@ async fn up_tcp(
                             }
                             other => other.to_string(),
                         };
-                        bail!("tcp tunnel to {peer} at {remote} ended: {why}");
+                        bail!("{name} tunnel to {peer} at {remote} ended: {why}");
                     }
                 }
             }
             TunnelEvent::Roamed { id, addr: remote } => {
-                tracing::info!("tcp tunnel {id} roamed to {remote}")
+                tracing::info!("{name} tunnel {id} roamed to {remote}")
             }
             TunnelEvent::Refused {
                 addr: remote,
                 error,
             } => {
-                tracing::warn!(%remote, "tcp: refused peer: {error}");
+                tracing::warn!(%remote, "{name}: refused peer: {error}");
             }
         }
     }
