@@ -570,3 +570,55 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_ipv4_peers_get_their_plain_address() {
+        let cases = [
+            ("[::ffff:10.1.0.1]:4000", "10.1.0.1:4000"),
+            ("10.1.0.1:4000", "10.1.0.1:4000"),
+            ("[fd00:1::1]:4000", "[fd00:1::1]:4000"),
+        ];
+        for (given, want) in cases {
+            let got = canonical(given.parse().unwrap());
+            assert_eq!(got, want.parse::<SocketAddr>().unwrap(), "{given}");
+        }
+    }
+
+    #[tokio::test]
+    async fn records_reach_the_peer_in_order_and_unknown_peers_fail() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (_r, w) = client.into_split();
+        let transmit = TcpTransmit::default();
+        transmit.insert(addr, Arc::new(ConnWriter::new(w)));
+
+        let msgs: Vec<Vec<u8>> = (1..=50u8).map(|i| vec![i; usize::from(i) * 30]).collect();
+        let writer = transmit.writer(addr).unwrap();
+        writer.send(msgs.iter().map(Vec::as_slice)).await.unwrap();
+
+        let mut dec = RecordDecoder::new(MAX_RECORD_LIMIT);
+        let mut got = Vec::new();
+        while got.len() < msgs.len() {
+            let n = server.read(dec.read_buf()).await.unwrap();
+            assert!(n > 0, "stream ended early");
+            dec.advance(n);
+            while let Some(r) = dec.next_record().unwrap() {
+                got.push(r.to_vec());
+            }
+        }
+        assert_eq!(got, msgs);
+
+        let mut batch = TxBatch::new();
+        let err = transmit
+            .send_batch("127.0.0.1:9".parse().unwrap(), &mut batch)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotConnected);
+    }
+}
