@@ -183,7 +183,7 @@ fn quic_tunnel_carries_ipv6_over_both_underlays() {
         );
         let b_log = log_text(&lb);
         assert!(
-            b_log.contains("quic tunnel up") && b_log.contains("1/16"),
+            b_log.contains("quic tunnel 0 up") && b_log.contains("1/16"),
             "B did not log the peer: {b_log}"
         );
     }

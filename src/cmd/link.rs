@@ -4,10 +4,11 @@
 //!
 //! - `re6st link pki --dir DIR --nodes N` writes a throw-away network:
 //!   `ca.crt` and `node<i>.key`/`node<i>.crt` with CN `"<i>/16"`.
-//! - `re6st link up --transport quic ...` listens (and, with `--connect`,
-//!   opens one tunnel to the node whose CN is `--peer`), gives every tunnel
-//!   its own TUN device with `--addr`, and runs until the tunnel it opened
-//!   ends (or forever when only accepting).
+//! - `re6st link up --transport udp|tcp|quic ...` listens (and, with
+//!   `--connect`, opens one tunnel to the node whose CN is `--peer`) through
+//!   the transport's [`re6st::tunnel::Tunnels`] handle, adds `--addr` to
+//!   every tunnel interface that comes up, and runs until the tunnel it
+//!   opened goes down (or until SIGTERM when only accepting).
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use re6st::pki::{self, Ca, Csr, IssueRequest, NodeCert, NodePrefix, Verifier};
 use re6st::tunnel::quic::tls::{PeerPolicy, TlsIdentity};
-use re6st::tunnel::quic::{QuicConfig, QuicTransport, QuicTunnel, TunnelEnd};
+use re6st::tunnel::quic::QuicConfig;
 
 /// Options of `re6st link`.
 #[derive(Args)]
@@ -83,8 +84,8 @@ struct UpArgs {
     /// ...whose certificate CN must be this prefix (e.g. "2/16").
     #[arg(long)]
     peer: Option<NodePrefix>,
-    /// TUN device name for quic (tunnels after the first accepted get
-    /// "-<n>"); tcp tunnels are named "<dev minus its last char><n>".
+    /// Name of the first TUN device: tunnels are named "<dev without its
+    /// trailing digits><n>".
     #[arg(long, default_value = "re6st-0")]
     dev: String,
     /// IPv6 address and prefix length for the TUN device (e.g. fd00::1/64).
@@ -183,120 +184,32 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         dead_timeout: seconds("--dead-timeout", a.dead_timeout)?,
         ..QuicConfig::default()
     };
-    match a.transport {
-        Transport::Tcp | Transport::Udp => up_noise(&a, key, cert, verifier, addr).await,
-        Transport::Quic => {
-            let id = TlsIdentity::new(&key, &cert)?;
-            let transport = Arc::new(QuicTransport::bind(
-                a.listen,
-                id,
-                PeerPolicy::new(verifier),
-                &config,
-            )?);
-            tracing::info!(listen = %transport.local_addr()?, "quic transport up");
-            let acceptor = tokio::spawn(accept_loop(Arc::clone(&transport), a.dev.clone(), addr));
-            match (a.connect, a.peer) {
-                (Some(remote), Some(peer)) => {
-                    let tunnel = transport
-                        .connect(remote, peer)
-                        .await
-                        .with_context(|| format!("quic tunnel to {peer} at {remote}"))?;
-                    let end = run_tunnel(tunnel, &a.dev, addr).await?;
-                    acceptor.abort();
-                    transport.close();
-                    match end {
-                        TunnelEnd::ClosedLocally => Ok(()),
-                        other => bail!(
-                            "quic tunnel to {peer} at {remote} ended: {}",
-                            describe(&other, config.dead_timeout)
-                        ),
-                    }
-                }
-                _ => acceptor.await.context("accept loop")?,
-            }
-        }
-    }
+    up_tunnels(&a, key, cert, verifier, addr, config).await
 }
 
-async fn accept_loop(
-    transport: Arc<QuicTransport>,
-    dev: String,
-    addr: Option<(Ipv6Addr, u8)>,
-) -> anyhow::Result<()> {
-    let mut n = 0u32;
-    while let Some(incoming) = transport.accept().await {
-        match incoming {
-            Ok(tunnel) => {
-                let name = if n == 0 {
-                    dev.clone()
-                } else {
-                    format!("{dev}-{n}")
-                };
-                n += 1;
-                let peer = tunnel.peer_prefix();
-                tokio::spawn(async move {
-                    match run_tunnel(tunnel, &name, addr).await {
-                        Ok(end) => tracing::info!(%peer, "quic tunnel ended: {end:?}"),
-                        Err(e) => tracing::warn!(%peer, "quic tunnel failed: {e:#}"),
-                    }
-                });
-            }
-            Err(e) => tracing::warn!("refused an incoming quic tunnel: {e}"),
-        }
-    }
-    Ok(())
-}
-
-async fn run_tunnel(
-    tunnel: QuicTunnel,
-    dev: &str,
-    addr: Option<(Ipv6Addr, u8)>,
-) -> anyhow::Result<TunnelEnd> {
-    let mut b = tun_rs::DeviceBuilder::new().name(dev).mtu(tunnel.mtu());
-    if let Some((ip, len)) = addr {
-        b = b.ipv6(ip, len);
-    }
-    let tun = b
-        .build_async()
-        .with_context(|| format!("cannot create TUN device {dev}"))?;
-    tracing::info!(
-        peer = %tunnel.peer_prefix(),
-        remote = %tunnel.remote_address(),
-        dev,
-        mtu = tunnel.mtu(),
-        "quic tunnel up"
-    );
-    Ok(tunnel.run(Arc::new(tun)).await)
-}
-
-fn describe(end: &TunnelEnd, dead: Duration) -> String {
-    match end {
-        TunnelEnd::TimedOut => format!("peer dead (nothing heard for {dead:?})"),
-        TunnelEnd::ClosedByPeer(why) => format!("closed by the peer ({why})"),
-        TunnelEnd::ClosedLocally => "closed".into(),
-        TunnelEnd::Device(e) => format!("TUN device error: {e}"),
-        TunnelEnd::Other(e) => e.to_string(),
-    }
-}
-
-/// The tcp (or udp) transport through the tunnel manager: interfaces are
-/// created by the manager; `--addr` is added to each when it comes up.
-async fn up_noise(
+/// Any transport through its [`re6st::tunnel::Tunnels`] handle:
+/// interfaces are created by the transport; `--addr` is added to each when
+/// it comes up.
+async fn up_tunnels(
     a: &UpArgs,
     key: ed25519_dalek::SigningKey,
     cert: NodeCert,
     verifier: Verifier,
     addr: Option<(Ipv6Addr, u8)>,
+    quic: QuicConfig,
 ) -> anyhow::Result<()> {
     use der::{DecodePem, Encode};
     use re6st::tunnel::{
-        tcp, udp, Credentials, EndpointConfig, Timing, TunSettings, TunnelEvent, TunnelsConfig,
+        quic, tcp, udp, Credentials, EndpointConfig, Timing, TunSettings, TunnelEvent,
+        TunnelsConfig,
     };
 
     let ca_pem = read(&a.ca)?;
     let ca_der = x509_cert::Certificate::from_pem(ca_pem.as_bytes())
         .and_then(|c| c.to_der())
         .map_err(|e| anyhow::anyhow!("{}: bad CA certificate: {e}", a.ca.display()))?;
+    let identity = TlsIdentity::new(&key, &cert)?;
+    let policy = PeerPolicy::new(verifier.clone());
     let creds =
         Arc::new(Credentials::new(&key, cert, &ca_der, verifier).context("our certificate")?);
     let prefix = a
@@ -320,14 +233,15 @@ async fn up_noise(
         },
         seed: None,
     };
-    let name = if matches!(a.transport, Transport::Udp) {
-        "udp"
-    } else {
-        "tcp"
+    let name = match a.transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Quic => "quic",
     };
     let (tunnels, mut events) = match a.transport {
         Transport::Udp => udp::start(creds, config).await,
-        _ => tcp::start(creds, config).await,
+        Transport::Tcp => tcp::start(creds, config).await,
+        Transport::Quic => quic::driver::start(identity, policy, quic, config).await,
     }
     .with_context(|| format!("cannot listen on {name} {}", a.listen))?;
     tracing::info!(listen = %tunnels.local_addr(), "{name} transport up");
@@ -341,7 +255,7 @@ async fn up_noise(
     loop {
         let ev = tokio::select! {
             _ = term.recv() => return Ok(()),
-            ev = events.recv() => ev.context("tcp transport stopped")?,
+            ev = events.recv() => ev.with_context(|| format!("{name} transport stopped"))?,
         };
         match ev {
             TunnelEvent::Up {

@@ -17,6 +17,7 @@
 //! the reader instead of growing a queue; received datagrams sit in quinn's
 //! bounded receive buffer (oldest dropped when full).
 
+pub mod driver;
 pub mod tls;
 
 use std::io;
@@ -30,8 +31,8 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::CertificateDer;
 use tun_rs::AsyncDevice;
 
-use self::tls::{PeerPolicy, TlsError, TlsIdentity};
-use crate::pki::{NodeCert, NodePrefix};
+use self::tls::{PeerPolicy, Refusal, TlsError, TlsIdentity};
+use crate::pki::{NodeCert, NodePrefix, VerifyError};
 
 /// UDP payload size QUIC starts with: fits a 1500-byte underlay path over
 /// IPv6 (1500 - 40 - 8) and therefore over IPv4 too.
@@ -85,6 +86,9 @@ pub enum QuicError {
     /// refused, on either side) or the connection ended.
     #[error("quic connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// We refused the peer's certificate.
+    #[error("peer certificate refused: {0}")]
+    Refused(VerifyError),
     /// The handshake completed without a usable peer certificate.
     #[error("peer presented no node certificate")]
     NoPeerCertificate,
@@ -153,32 +157,41 @@ impl QuicTransport {
     }
 
     /// Opens a tunnel to the node at `addr` whose certificate CN must be
-    /// `expected`.
+    /// `expected` (when given).
     pub async fn connect(
         &self,
         addr: SocketAddr,
-        expected: NodePrefix,
+        expected: Option<NodePrefix>,
     ) -> Result<QuicTunnel, QuicError> {
-        let tls = tls::client_config(&self.identity, self.policy.clone(), expected)?;
+        let refusal = Refusal::default();
+        let tls = tls::client_config(
+            &self.identity,
+            self.policy.clone(),
+            expected,
+            refusal.clone(),
+        )?;
         let crypto =
             QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
         client.transport_config(Arc::clone(&self.transport));
-        let conn = self
-            .endpoint
-            .connect_with(client, addr, tls::SERVER_NAME)?
-            .await?;
-        QuicTunnel::new(conn)
+        let connecting = self.endpoint.connect_with(client, addr, tls::SERVER_NAME)?;
+        match connecting.await {
+            Ok(conn) => QuicTunnel::new(conn),
+            Err(e) => Err(refusal
+                .reason()
+                .map_or(QuicError::Connection(e), QuicError::Refused)),
+        }
     }
 
     /// Waits for the next tunnel a peer opens to us; `None` once the
     /// transport is closed. A peer whose certificate is refused shows up as
-    /// an error (and a log line naming the reason).
-    pub async fn accept(&self) -> Option<Result<QuicTunnel, QuicError>> {
+    /// an error with its address (and a log line naming the reason).
+    pub async fn accept(&self) -> Option<Result<QuicTunnel, (SocketAddr, QuicError)>> {
         let incoming = self.endpoint.accept().await?;
+        let addr = incoming.remote_address();
         Some(match incoming.await {
-            Ok(conn) => QuicTunnel::new(conn),
-            Err(e) => Err(e.into()),
+            Ok(conn) => QuicTunnel::new(conn).map_err(|e| (addr, e)),
+            Err(e) => Err((addr, e.into())),
         })
     }
 
@@ -311,6 +324,11 @@ impl QuicTunnel {
 pub struct QuicCloser(quinn::Connection);
 
 impl QuicCloser {
+    /// The connection's current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.0.rtt()
+    }
+
     /// Closes the tunnel; its [`QuicTunnel::run`] returns
     /// [`TunnelEnd::ClosedLocally`].
     pub fn close(&self) {

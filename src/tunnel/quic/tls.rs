@@ -14,7 +14,7 @@
 //! [`PeerPolicy`].
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::pkcs8::EncodePrivateKey;
@@ -94,6 +94,22 @@ impl PeerPolicy {
     }
 }
 
+/// Where a client-side verifier records why it refused the server, so the
+/// connection's owner can report the precise reason.
+#[derive(Clone, Debug, Default)]
+pub struct Refusal(Arc<Mutex<Option<VerifyError>>>);
+
+impl Refusal {
+    /// The reason recorded, if the peer's certificate was refused.
+    pub fn reason(&self) -> Option<VerifyError> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, e: VerifyError) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+}
+
 /// Our own certificate and key, as rustls wants them.
 #[derive(Debug)]
 pub struct TlsIdentity {
@@ -136,6 +152,7 @@ pub fn server_config(
     let verifier = Arc::new(NodeVerifier {
         policy,
         expected: None,
+        refusal: None,
     });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -148,16 +165,18 @@ pub fn server_config(
     Ok(cfg)
 }
 
-/// TLS configuration for one connection we initiate to the node whose
-/// prefix is `expected`.
+/// TLS configuration for one connection we initiate, to the node whose
+/// prefix is `expected` when given; a refusal is recorded in `refusal`.
 pub fn client_config(
     id: &TlsIdentity,
     policy: PeerPolicy,
-    expected: NodePrefix,
+    expected: Option<NodePrefix>,
+    refusal: Refusal,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let verifier = Arc::new(NodeVerifier {
         policy,
-        expected: Some(expected),
+        expected,
+        refusal: Some(refusal),
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -183,6 +202,8 @@ struct NodeVerifier {
     policy: PeerPolicy,
     /// The CN we meant to reach (client role only).
     expected: Option<NodePrefix>,
+    /// Where to record a refusal (client role only).
+    refusal: Option<Refusal>,
 }
 
 impl fmt::Debug for NodeVerifier {
@@ -215,6 +236,9 @@ impl NodeVerifier {
                     expected = ?self.expected.map(|p| p.to_string()),
                     "quic: refused peer certificate: {e}"
                 );
+                if let Some(r) = &self.refusal {
+                    r.set(e);
+                }
                 Err(rustls::Error::InvalidCertificate(certificate_error(e)))
             }
         }
@@ -424,7 +448,13 @@ mod tests {
     fn mutual_authentication_succeeds() {
         let ca = network_ca();
         let (a, b) = (valid(&ca, "1/16", 1), valid(&ca, "2/16", 2));
-        let client = client_config(&identity(&a), policy(&ca), "2/16".parse().unwrap()).unwrap();
+        let client = client_config(
+            &identity(&a),
+            policy(&ca),
+            "2/16".parse().ok(),
+            Refusal::default(),
+        )
+        .unwrap();
         let server = server_config(&identity(&b), policy(&ca)).unwrap();
         let (client_saw, server_saw) = handshake(client, server).unwrap();
         assert_eq!(client_saw.to_string(), "2/16");
@@ -513,9 +543,15 @@ mod tests {
             ),
         ];
         for (what, a, b, expected, cpol, spol, want) in cases {
-            let client = client_config(&identity(a), cpol, expected.parse().unwrap()).unwrap();
+            let refusal = Refusal::default();
+            let client =
+                client_config(&identity(a), cpol, expected.parse().ok(), refusal.clone()).unwrap();
             let server = server_config(&identity(b), spol).unwrap();
-            assert_eq!(handshake(client, server).unwrap_err(), want, "{what}");
+            let got = handshake(client, server).unwrap_err();
+            if let Refused::ByClient(_) = got {
+                assert!(refusal.reason().is_some(), "{what}: refusal not recorded");
+            }
+            assert_eq!(got, want, "{what}");
         }
     }
 
@@ -536,8 +572,13 @@ mod tests {
         let refused = match server_config(&id, policy(&ca)) {
             Err(_) => true,
             Ok(server) => {
-                let client =
-                    client_config(&identity(&a), policy(&ca), "2/16".parse().unwrap()).unwrap();
+                let client = client_config(
+                    &identity(&a),
+                    policy(&ca),
+                    "2/16".parse().ok(),
+                    Refusal::default(),
+                )
+                .unwrap();
                 handshake(client, server).is_err()
             }
         };
