@@ -55,6 +55,11 @@ pub struct IssueRequest<'a> {
 impl Ca {
     /// A new CA for `network` with a fresh key, valid from now for `days`.
     pub fn generate(network: Network, days: u32) -> Result<Self, PkiError> {
+        if days == 0 {
+            return Err(PkiError::Validity(
+                "a CA must be valid for at least one day".into(),
+            ));
+        }
         let now = SystemTime::now();
         let not_after = now + Duration::from_secs(u64::from(days) * 86_400);
         Self::self_signed(network, key::generate_key(), now, not_after)
@@ -419,6 +424,12 @@ pub(crate) mod tests {
             .duration_since(tbs.validity.not_before.to_system_time())
             .unwrap();
         assert_eq!(validity, 30 * DAY);
+    }
+
+    #[test]
+    fn generate_needs_a_validity() {
+        let err = Ca::generate("2001:db8:42::/48".parse().unwrap(), 0).unwrap_err();
+        assert!(matches!(err, PkiError::Validity(_)), "{err}");
     }
 
     #[test]

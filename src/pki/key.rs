@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, KeypairBytes};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::OsRng;
 
@@ -44,12 +44,18 @@ pub(crate) fn key_from_pem(pem: &str) -> Result<SigningKey, String> {
         .map_err(|e| format!("not an Ed25519 PKCS#8 PEM private key ({e})"))
 }
 
-/// Encodes a private key as PKCS#8 PEM.
+/// Encodes a private key as PKCS#8 v1 PEM (the seed only, as `openssl
+/// genpkey` writes it). OpenSSL 3.0 cannot read the v2 form with the public
+/// key that `SigningKey::to_pkcs8_pem` produces.
 pub(crate) fn key_to_pem(key: &SigningKey) -> String {
-    key.to_pkcs8_pem(LineEnding::LF)
-        // Encoding a fixed-size Ed25519 key into PEM cannot fail.
-        .expect("Ed25519 private key PEM encoding")
-        .to_string()
+    KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    // Encoding a fixed-size Ed25519 key into PEM cannot fail.
+    .expect("Ed25519 private key PEM encoding")
+    .to_string()
 }
 
 /// Creates `path` with `mode` and writes `data`, failing with
@@ -89,6 +95,14 @@ mod tests {
         assert_eq!(mode, 0o600);
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{text}");
+        // PKCS#8 v1 with the seed only: 48 bytes, the form OpenSSL reads.
+        let (_, der) = der::pem::decode_vec(text.as_bytes()).unwrap();
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..16],
+            hex::decode("302e020100300506032b657004220420").unwrap()
+        );
+        assert_eq!(&der[16..], key.to_bytes());
         assert_eq!(load_key(&path).unwrap().to_bytes(), key.to_bytes());
     }
 

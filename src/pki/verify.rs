@@ -17,6 +17,8 @@ use super::x509;
 pub struct Verifier {
     ca_key: VerifyingKey,
     ca_subject: Name,
+    ca_not_before: SystemTime,
+    ca_not_after: SystemTime,
     network: Network,
     revoked: HashSet<u64>,
 }
@@ -31,10 +33,11 @@ pub enum VerifyError {
     /// algorithm or signature).
     #[error("not signed by the network CA")]
     WrongCa,
-    /// The validity period has not started yet.
+    /// The validity period of the certificate or of the CA has not started
+    /// yet.
     #[error("certificate not yet valid")]
     NotYetValid,
-    /// The validity period is over.
+    /// The validity period of the certificate or of the CA is over.
     #[error("certificate expired")]
     Expired,
     /// The serial number is in the revocation list.
@@ -59,8 +62,11 @@ impl Verifier {
         let der = x509::pem_block(ca_cert_pem, &["CERTIFICATE"])?;
         let (cert, network) = parse_ca_cert(&der)?;
         let ca_key = x509::key_of_spki(&cert.tbs_certificate.subject_public_key_info)?;
+        let validity = &cert.tbs_certificate.validity;
         Ok(Self {
             ca_key,
+            ca_not_before: validity.not_before.to_system_time(),
+            ca_not_after: validity.not_after.to_system_time(),
             ca_subject: cert.tbs_certificate.subject,
             network,
             revoked: HashSet::new(),
@@ -82,7 +88,8 @@ impl Verifier {
         self.revoked.contains(&serial)
     }
 
-    /// Checks that `cert` is signed by the CA, valid at `now`, not revoked,
+    /// Checks that `cert` is signed by the CA, valid at `now` (and the CA
+    /// too), not revoked,
     /// and a node certificate whose CN prefix fits in the network; returns
     /// that prefix.
     pub fn verify(&self, cert: &NodeCert, now: SystemTime) -> Result<NodePrefix, VerifyError> {
@@ -94,10 +101,11 @@ impl Verifier {
         {
             return Err(VerifyError::WrongCa);
         }
-        if now < cert.not_before() {
+        // The whole chain must be valid: the CA too, as OpenSSL checks it.
+        if now < cert.not_before() || now < self.ca_not_before {
             return Err(VerifyError::NotYetValid);
         }
-        if now > cert.not_after() {
+        if now > cert.not_after() || now > self.ca_not_after {
             return Err(VerifyError::Expired);
         }
         if self.is_revoked(cert.serial()) {
@@ -193,6 +201,30 @@ mod tests {
         ];
         for (now, want) in cases {
             assert_eq!(f.verifier.verify(&f.cert, now), want, "{now:?}");
+        }
+    }
+
+    #[test]
+    fn the_ca_validity_bounds_the_chain() {
+        let csr = Csr::generate(&generate_key(), &[]).unwrap();
+        let ca = Ca::self_signed(
+            "2001:db8:42::/48".parse().unwrap(),
+            generate_key(),
+            t0() + DAY,
+            t0() + 2 * DAY,
+        )
+        .unwrap();
+        let verifier = Verifier::new(&ca.cert_pem()).unwrap();
+        let mut req = request(&csr, "5/16", 1);
+        req.not_after = t0() + 10 * DAY;
+        let cert = ca.issue(&req).unwrap();
+        let cases = [
+            (t0() + DAY / 2, Err(VerifyError::NotYetValid)),
+            (t0() + DAY * 3 / 2, Ok(p("5/16"))),
+            (t0() + 3 * DAY, Err(VerifyError::Expired)),
+        ];
+        for (now, want) in cases {
+            assert_eq!(verifier.verify(&cert, now), want, "{now:?}");
         }
     }
 
@@ -340,5 +372,30 @@ mod tests {
             Verifier::new(&pem),
             Err(PkiError::BadSignature(_))
         ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn prop_issue_parse_verify(
+            value: u128,
+            len in 1u8..=80,
+            serial in 1u64..,
+            subject_serial: u32,
+        ) {
+            let value = value & ((1u128 << len) - 1);
+            let prefix = NodePrefix::new(value, len).unwrap();
+            let f = fixture();
+            let mut req = request(&f.csr, "1/1", serial);
+            req.prefix = prefix;
+            req.subject_serial = subject_serial;
+            let cert = f.ca.issue(&req).unwrap();
+            let (parsed, got) = f.verifier.verify_der(cert.der(), t0()).unwrap();
+            proptest::prop_assert_eq!(got, prefix);
+            proptest::prop_assert_eq!(parsed.serial(), serial);
+            proptest::prop_assert_eq!(parsed.subject_serial(), Some(subject_serial));
+            proptest::prop_assert_eq!(f.verifier.verify_expected(&parsed, t0(), &prefix), Ok(()));
+        }
     }
 }

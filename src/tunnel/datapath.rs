@@ -28,8 +28,9 @@ use super::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, TAG_LEN};
 pub const MAX_MTU: usize = 1500;
 /// Size of one slot of a transmit batch: header, packet, tag.
 pub const SLOT: usize = DATA_HEADER_LEN + MAX_MTU + TAG_LEN;
-/// Datagrams per batch (one TSO super-packet of 64 KiB at MTU 1280 is 52).
-pub const BATCH: usize = 64;
+/// Datagrams per batch: enough for one 64 KiB TSO super-packet split at
+/// a gso_size down to 512 bytes.
+pub const BATCH: usize = 128;
 
 /// Sealed messages waiting to be sent to one peer: message `i` is
 /// `flat()[offsets[i]..offsets[i] + lens[i]]`.

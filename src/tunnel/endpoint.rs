@@ -233,6 +233,10 @@ struct Tunnel {
     expected: Option<NodePrefix>,
     peer: Option<PeerInfo>,
     initiated: bool,
+    /// Whether `Up` was reported: at once for responders, on the first
+    /// authenticated data message for initiators (key confirmation, so a
+    /// peer that refused us never shows as up).
+    confirmed: bool,
     sessions: Sessions,
     initiator: Option<Initiator>,
     first_attempt: Option<Instant>,
@@ -503,6 +507,7 @@ impl Endpoint {
                 expected,
                 peer: None,
                 initiated,
+                confirmed: false,
                 sessions: Sessions::new(self.config.timing),
                 initiator: None,
                 first_attempt: None,
@@ -577,7 +582,7 @@ impl Endpoint {
         let Some(t) = self.tunnels.get_mut(&id) else {
             return;
         };
-        if !t.sessions.is_established() {
+        if !t.confirmed {
             if let Some(first) = t.first_attempt {
                 if now >= first + timing.handshake_timeout {
                     self.remove(id, DownReason::HandshakeTimeout(timing.handshake_timeout));
@@ -596,7 +601,12 @@ impl Endpoint {
             match t.sessions.handle_timeout(now) {
                 None => break,
                 Some(SessionAction::Dead) => {
-                    self.remove(id, DownReason::Timeout(timing.dead_after));
+                    let reason = if t.confirmed {
+                        DownReason::Timeout(timing.dead_after)
+                    } else {
+                        DownReason::HandshakeTimeout(timing.dead_after)
+                    };
+                    self.remove(id, reason);
                     return;
                 }
                 Some(SessionAction::Rekey) => {
@@ -668,7 +678,24 @@ impl Endpoint {
         // Authenticated: the peer may have moved.
         if t.addr != from {
             t.addr = from;
-            self.events.push_back(Event::Roamed { id, addr: from });
+            if t.confirmed {
+                self.events.push_back(Event::Roamed { id, addr: from });
+            }
+        }
+        if !t.confirmed {
+            // Key confirmation of a tunnel we initiated.
+            t.confirmed = true;
+            t.retry_at = None;
+            t.first_attempt = None;
+            if let (Some(peer), Some(sender)) = (t.peer.clone(), t.sessions.sender().cloned()) {
+                self.events.push_back(Event::Up {
+                    id,
+                    peer,
+                    addr: from,
+                    initiated: t.initiated,
+                });
+                self.events.push_back(Event::Keys { id, sender });
+            }
         }
         match plain.first().map(|b| b >> 4) {
             Some(4 | 6) => {
@@ -845,6 +872,7 @@ impl Endpoint {
     fn complete(&mut self, id: TunnelId, from: SocketAddr, done: Completed, now: Instant) {
         let Completed { peer, keypair } = done;
         let local = keypair.receiver.local_index();
+        let initiator = keypair.initiator;
         let sender = keypair.sender.clone();
         self.index.insert(local, Slot::Session(id));
         let Some(t) = self.tunnels.get_mut(&id) else {
@@ -856,29 +884,320 @@ impl Endpoint {
         if let Some(h) = t.initiator.take() {
             self.index.remove(&h.local_index());
         }
-        t.retry_at = None;
-        t.first_attempt = None;
         t.stats.handshakes += 1;
         t.stats.last_handshake = Some(now);
-        let first = t.peer.is_none();
-        if t.addr != from {
-            t.addr = from;
-            if !first {
+        let moved = t.addr != from;
+        t.addr = from;
+        self.by_prefix.insert(peer.prefix, id);
+        t.peer = Some(peer.clone());
+        if t.confirmed {
+            t.retry_at = None;
+            if moved {
                 self.events.push_back(Event::Roamed { id, addr: from });
             }
-        }
-        if first {
-            self.by_prefix.insert(peer.prefix, id);
-            t.peer = Some(peer.clone());
+            self.events.push_back(Event::Keys { id, sender });
+        } else if !initiator {
+            // We are the responder: the initiator proved its key in Finish.
+            t.confirmed = true;
+            t.retry_at = None;
+            t.first_attempt = None;
             self.events.push_back(Event::Up {
                 id,
                 peer,
                 addr: from,
                 initiated: t.initiated,
             });
-        } else {
-            t.peer = Some(peer);
+            self.events.push_back(Event::Keys { id, sender });
         }
-        self.events.push_back(Event::Keys { id, sender });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::handshake::tests::TestNet;
+    use crate::tunnel::wire::DATA_OVERHEAD;
+
+    struct Sim {
+        a: Endpoint,
+        b: Endpoint,
+        a_addr: SocketAddr,
+        b_addr: SocketAddr,
+        now: Instant,
+        wall: SystemTime,
+        a_events: Vec<Event>,
+        b_events: Vec<Event>,
+        delivered: Vec<(bool, Vec<u8>)>,
+    }
+
+    impl Sim {
+        fn new(net: &TestNet, timing: Timing) -> Self {
+            let config = EndpointConfig {
+                timing,
+                ..EndpointConfig::default()
+            };
+            Self {
+                a: Endpoint::new(Arc::new(net.node("1/16")), config, 1),
+                b: Endpoint::new(Arc::new(net.node("2/16")), config, 2),
+                a_addr: "192.0.2.1:1000".parse().unwrap(),
+                b_addr: "192.0.2.2:2000".parse().unwrap(),
+                now: Instant::now(),
+                wall: SystemTime::now(),
+                a_events: Vec::new(),
+                b_events: Vec::new(),
+                delivered: Vec::new(),
+            }
+        }
+
+        /// Moves messages between the endpoints until both are quiet.
+        fn pump(&mut self) {
+            let mut buf = [0u8; 4096];
+            for _ in 0..100 {
+                let mut moved = false;
+                while let Some((dst, n)) = self.a.poll_transmit(&mut buf) {
+                    moved = true;
+                    if dst == self.b_addr {
+                        if let Received::Packet { packet, .. } =
+                            self.b
+                                .handle_datagram(self.a_addr, &mut buf[..n], self.now, self.wall)
+                        {
+                            self.delivered.push((false, packet.to_vec()));
+                        }
+                    }
+                }
+                while let Some((dst, n)) = self.b.poll_transmit(&mut buf) {
+                    moved = true;
+                    if dst == self.a_addr {
+                        if let Received::Packet { packet, .. } =
+                            self.a
+                                .handle_datagram(self.b_addr, &mut buf[..n], self.now, self.wall)
+                        {
+                            self.delivered.push((true, packet.to_vec()));
+                        }
+                    }
+                }
+                while let Some(e) = self.a.poll_event() {
+                    self.a_events.push(e);
+                }
+                while let Some(e) = self.b.poll_event() {
+                    self.b_events.push(e);
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        fn advance(&mut self, d: Duration) {
+            let end = self.now + d;
+            loop {
+                let next = [self.a.poll_timeout(), self.b.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(t) if t <= end => {
+                        self.now = self.now.max(t);
+                        self.a.handle_timeout(self.now);
+                        self.b.handle_timeout(self.now);
+                        self.pump();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = end;
+        }
+    }
+
+    fn ups(events: &[Event]) -> usize {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Up { .. }))
+            .count()
+    }
+
+    fn downs(events: &[Event]) -> Vec<DownReason> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Down { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn send(ep: &Endpoint, id: TunnelId, payload: &[u8]) -> (SocketAddr, Vec<u8>) {
+        let mut buf = vec![0u8; DATA_HEADER_LEN + payload.len() + DATA_OVERHEAD];
+        buf[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        let n = ep
+            .sender(id)
+            .unwrap()
+            .seal(&mut buf, payload.len())
+            .unwrap();
+        buf.truncate(n);
+        (ep.addr(id).unwrap(), buf)
+    }
+
+    #[test]
+    fn tunnel_comes_up_and_carries_packets() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        let id = s.a.connect(s.b_addr, Some("2/16".parse().unwrap()), s.now);
+        s.pump();
+        // Key confirmation: the responder's first keepalive confirms.
+        s.advance(Duration::from_millis(10));
+        assert_eq!((ups(&s.a_events), ups(&s.b_events)), (1, 1));
+        assert_eq!(s.a.peer(id).unwrap().prefix.to_string(), "2/16");
+        let bid = s.b.tunnels().next().unwrap();
+        assert_eq!(s.b.peer(bid).unwrap().prefix.to_string(), "1/16");
+        // An IPv6 packet each way.
+        let pkt = [0x60u8, 0, 0, 0, 0, 0, 59, 64];
+        let (dst, mut m) = send(&s.a, id, &pkt);
+        assert_eq!(dst, s.b_addr);
+        let Received::Packet { id: got, packet } =
+            s.b.handle_datagram(s.a_addr, &mut m, s.now, s.wall)
+        else {
+            panic!("not delivered");
+        };
+        assert_eq!((got, &*packet), (bid, &pkt[..]));
+        let (_, mut m2) = send(&s.b, bid, &pkt);
+        assert!(matches!(
+            s.a.handle_datagram(s.b_addr, &mut m2, s.now, s.wall),
+            Received::Packet { .. }
+        ));
+        // Replaying it is dropped and counted.
+        let mut again = m.clone();
+        let _ = &mut again;
+        assert!(matches!(
+            s.b.handle_datagram(s.a_addr, &mut m, s.now, s.wall),
+            Received::Nothing
+        ));
+        // Keepalives measure the RTT and keep the tunnel up for minutes,
+        // across rekeys, with no down event.
+        s.advance(Duration::from_secs(400));
+        assert!(downs(&s.a_events).is_empty() && downs(&s.b_events).is_empty());
+        let st = s.a.stats(id).unwrap();
+        assert!(st.handshakes >= 3, "rekeyed: {st:?}");
+        assert!(st.rtt.is_some());
+        let (_, mut m3) = send(&s.a, id, &pkt);
+        assert!(matches!(
+            s.b.handle_datagram(s.a_addr, &mut m3, s.now, s.wall),
+            Received::Packet { .. }
+        ));
+    }
+
+    #[test]
+    fn dead_peer_reported_within_timeout() {
+        let net = TestNet::new();
+        let timing = Timing {
+            dead_after: Duration::from_secs(3),
+            ..Timing::default()
+        };
+        let mut s = Sim::new(&net, timing);
+        let id = s.a.connect(s.b_addr, None, s.now);
+        s.pump();
+        s.advance(Duration::from_secs(2));
+        assert_eq!(ups(&s.a_events), 1);
+        // b vanishes: a's timers run alone.
+        let killed = s.now;
+        let mut t = s.now;
+        let mut buf = [0u8; 2048];
+        while downs(&s.a_events).is_empty() && t < killed + Duration::from_secs(10) {
+            t = s.a.poll_timeout().unwrap();
+            s.a.handle_timeout(t);
+            while s.a.poll_transmit(&mut buf).is_some() {}
+            while let Some(e) = s.a.poll_event() {
+                s.a_events.push(e);
+            }
+        }
+        assert_eq!(
+            downs(&s.a_events),
+            vec![DownReason::Timeout(Duration::from_secs(3))]
+        );
+        assert!(t - killed <= Duration::from_secs(3), "{:?}", t - killed);
+        assert!(s.a.stats(id).is_none(), "forgotten");
+    }
+
+    #[test]
+    fn roaming_follows_authenticated_packets_only() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        let id = s.a.connect(s.b_addr, None, s.now);
+        s.pump();
+        s.advance(Duration::from_millis(10));
+        let bid = s.b.tunnels().next().unwrap();
+        let pkt = [0x45u8, 0, 0, 20];
+        // A forged packet from elsewhere does not move the tunnel.
+        let evil: SocketAddr = "203.0.113.9:9".parse().unwrap();
+        let (_, mut m) = send(&s.a, id, &pkt);
+        m[20] ^= 1;
+        let _ = s.b.handle_datagram(evil, &mut m, s.now, s.wall);
+        assert_eq!(s.b.addr(bid), Some(s.a_addr));
+        // A genuine one does.
+        let moved: SocketAddr = "198.51.100.7:1000".parse().unwrap();
+        let (_, mut m) = send(&s.a, id, &pkt);
+        let _ = s.b.handle_datagram(moved, &mut m, s.now, s.wall);
+        assert_eq!(s.b.addr(bid), Some(moved));
+        assert!(matches!(s.b.poll_event(), Some(Event::Roamed { addr, .. }) if addr == moved));
+    }
+
+    #[test]
+    fn refused_peer_never_comes_up() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        // b revokes a's certificate: b refuses, a gives up without ever
+        // reporting the tunnel up.
+        let a_serial = s.a.credentials().serial();
+        s.b.set_revoked([a_serial]);
+        s.a.connect(s.b_addr, None, s.now);
+        s.pump();
+        s.advance(Duration::from_secs(20));
+        assert_eq!(ups(&s.a_events), 0);
+        assert_eq!(ups(&s.b_events), 0);
+        assert!(s.b_events.iter().any(|e| matches!(
+            e,
+            Event::Refused {
+                error: HandshakeError::Certificate(crate::pki::VerifyError::Revoked),
+                ..
+            }
+        )));
+        assert!(matches!(
+            downs(&s.a_events)[..],
+            [DownReason::HandshakeTimeout(_)]
+        ));
+    }
+
+    #[test]
+    fn crossing_connects_make_one_tunnel() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        let ida = s.a.connect(s.b_addr, Some("2/16".parse().unwrap()), s.now);
+        let idb = s.b.connect(s.a_addr, Some("1/16".parse().unwrap()), s.now);
+        s.pump();
+        s.advance(Duration::from_secs(5));
+        assert_eq!((ups(&s.a_events), ups(&s.b_events)), (1, 1));
+        assert_eq!((s.a.tunnels().count(), s.b.tunnels().count()), (1, 1));
+        assert!(downs(&s.a_events).is_empty() && downs(&s.b_events).is_empty());
+        let pkt = [0x60u8, 0, 0, 0];
+        let (_, mut m) = send(&s.a, ida, &pkt);
+        assert!(matches!(
+            s.b.handle_datagram(s.a_addr, &mut m, s.now, s.wall),
+            Received::Packet { id, .. } if id == idb
+        ));
+    }
+
+    #[test]
+    fn revoking_a_peer_takes_its_tunnel_down() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        s.a.connect(s.b_addr, None, s.now);
+        s.pump();
+        s.advance(Duration::from_millis(10));
+        assert_eq!(ups(&s.b_events), 1);
+        let a_serial = s.a.credentials().serial();
+        s.b.set_revoked([a_serial]);
+        s.pump();
+        assert_eq!(downs(&s.b_events), vec![DownReason::Revoked]);
+        assert_eq!(s.b.tunnels().count(), 0);
     }
 }

@@ -97,13 +97,18 @@ impl Credentials {
         let mut prologue = PROLOGUE.to_vec();
         prologue.extend_from_slice(pki::fingerprint(ca_der).as_bytes());
         Ok(Self {
-            static_secret: x25519_secret(key),
+            static_secret: pki::x25519_secret(key),
             cert,
             prefix,
             verifier: RwLock::new(verifier),
             mac_keys: MacKeys::new(ca_der),
             prologue,
         })
+    }
+
+    /// Our certificate's serial number.
+    pub fn serial(&self) -> u64 {
+        self.cert.serial()
     }
 
     /// Our prefix (from our certificate's CN).
@@ -162,7 +167,7 @@ impl Credentials {
         let key = cert
             .public_key()
             .map_err(|_| HandshakeError::MalformedCertificate)?;
-        let want = x25519_public(&key);
+        let want = pki::x25519_public(&key);
         if remote_static != Some(&want[..]) {
             return Err(HandshakeError::KeyMismatch);
         }
@@ -388,16 +393,6 @@ impl Responder {
         );
         Ok(Completed { peer, keypair })
     }
-}
-
-// Until `pki` exports x25519_secret/x25519_public (contract in
-// coord/PKI_API.md), the same Ed25519 -> X25519 map computed here.
-fn x25519_secret(key: &SigningKey) -> [u8; 32] {
-    key.to_scalar_bytes()
-}
-
-fn x25519_public(key: &ed25519_dalek::VerifyingKey) -> [u8; 32] {
-    key.to_montgomery().to_bytes()
 }
 
 /// Shared credentials.
