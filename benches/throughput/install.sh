@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install.sh - install what the throughput harness needs (Debian, root):
-# iperf3, OpenVPN 2.6, wireguard-tools (`wg`, configures boringtun), sysstat,
+# iperf3, OpenVPN 2.6, wireguard-tools (`wg`, configures boringtun), sysstat, jq,
 # iproute2/ping/openssl/python3, and boringtun-cli from crates.io.
 # Idempotent: skips what is already there.
 set -euo pipefail
@@ -14,6 +14,7 @@ need mpstat sysstat
 need ip iproute2
 need ping iputils-ping
 need python3 python3
+need jq jq
 if ((${#pkgs[@]})); then
     SUDO=
     [ "$(id -u)" -eq 0 ] || SUDO=sudo
