@@ -5,43 +5,17 @@
 //! within the dead-peer timeout.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use re6st::testbed::{require_root, veth, Netns, NsChild};
+use re6st::testbed::{require_root, Netns, NsChild};
 
-const RE6ST: &str = env!("CARGO_BIN_EXE_re6st");
+#[path = "common/link.rs"]
+mod link;
 
-struct Pair {
-    a: Netns,
-    b: Netns,
-}
+use link::{iperf, log_text, ping_until, pki, spawn_link, wait_exit, Pair};
 
-/// Two namespaces joined by a veth pair: A fd00:1::1 / 10.1.0.1,
-/// B fd00:1::2 / 10.1.0.2.
 fn pair() -> Pair {
-    let a = Netns::new("tq-a").unwrap();
-    let b = Netns::new("tq-b").unwrap();
-    veth(&a, "ua", &b, "ub").unwrap();
-    for (ns, dev, v6, v4) in [
-        (&a, "ua", "fd00:1::1/64", "10.1.0.1/24"),
-        (&b, "ub", "fd00:1::2/64", "10.1.0.2/24"),
-    ] {
-        ns.exec("ip", &["addr", "add", v6, "dev", dev, "nodad"])
-            .unwrap();
-        ns.exec("ip", &["addr", "add", v4, "dev", dev]).unwrap();
-    }
-    Pair { a, b }
-}
-
-fn pki(dir: &Path) {
-    let st = Command::new(RE6ST)
-        .args(["link", "pki", "--dir"])
-        .arg(dir)
-        .args(["--nodes", "2"])
-        .status()
-        .unwrap();
-    assert!(st.success(), "re6st link pki failed");
+    link::pair("tq")
 }
 
 /// Starts `re6st link up --transport quic` in `ns` with node `n`'s
@@ -67,84 +41,7 @@ fn link_up_ca(
     connect: Option<(&str, &str)>,
     log: &Path,
 ) -> NsChild {
-    let p = |d: &Path, f: String| d.join(f).to_str().unwrap().to_owned();
-    let (ca, key, cert) = (
-        p(ca_dir, "ca.crt".into()),
-        p(pki, format!("node{n}.key")),
-        p(pki, format!("node{n}.crt")),
-    );
-    let mut args = vec![
-        "link",
-        "up",
-        "--transport",
-        "quic",
-        "--ca",
-        &ca,
-        "--key",
-        &key,
-        "--cert",
-        &cert,
-        "--listen",
-        "[::]:3260",
-        "--dev",
-        "tq0",
-        "--addr",
-        addr,
-        "--dead-timeout",
-        "3",
-    ];
-    if let Some((remote, peer)) = connect {
-        args.extend(["--connect", remote, "--peer", peer]);
-    }
-    ns.spawn(RE6ST, &args, log).unwrap()
-}
-
-fn ping_until(ns: &Netns, target: &str, within: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if ns.exec("ping", &["-c", "1", "-W", "1", target]).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
-}
-
-fn wait_exit(child: &mut NsChild, within: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if child.has_exited() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
-fn log_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// iperf3 A -> B over the tunnel; returns the bytes B received.
-fn iperf(pair: &Pair, dir: &Path, target: &str) -> f64 {
-    let _server = pair
-        .b
-        .spawn(
-            "iperf3",
-            &["-s", "-1", "-p", "5201"],
-            &dir.join("iperf3-s.log"),
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let out = pair
-        .a
-        .exec(
-            "timeout",
-            &["60", "iperf3", "-c", target, "-p", "5201", "-t", "2", "-J"],
-        )
-        .expect("iperf3 client");
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 json");
-    json["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0)
+    spawn_link("quic", ns, ca_dir, pki, n, addr, connect, log)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! throughput harness (`benches/throughput/`).
 //!
 //! - `re6st link pki --dir DIR --nodes N` writes a throw-away network:
-//!   `ca.crt` and `node<i>.key`/`node<i>.crt` with CN `"<i>/16"`.
+//!   `ca.crt`, `ca.key` and `node<i>.key`/`node<i>.crt` with CN `"<i>/16"`.
 //! - `re6st link up --transport udp|tcp|quic ...` listens (and, with
 //!   `--connect`, opens one tunnel to the node whose CN is `--peer`) through
 //!   the transport's [`re6st::tunnel::Tunnels`] handle, adds `--addr` to
@@ -172,39 +172,23 @@ fn seconds(what: &str, s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s).with_context(|| format!("{what}: bad duration {s}"))
 }
 
-async fn up(a: UpArgs) -> anyhow::Result<()> {
-    let addr = a.addr.as_deref().map(parse_addr).transpose()?;
-    let key = pki::load_key(&a.key)?;
-    let cert = NodeCert::from_pem(&read(&a.cert)?)
-        .with_context(|| format!("{}: not a certificate", a.cert.display()))?;
-    let verifier = Verifier::new(&read(&a.ca)?)
-        .with_context(|| format!("{}: not a CA certificate", a.ca.display()))?;
-    let config = QuicConfig {
-        keepalive: seconds("--keepalive", a.keepalive)?,
-        dead_timeout: seconds("--dead-timeout", a.dead_timeout)?,
-        ..QuicConfig::default()
-    };
-    up_tunnels(&a, key, cert, verifier, addr, config).await
-}
-
-/// Any transport through its [`re6st::tunnel::Tunnels`] handle:
+/// Brings the transport up through its [`re6st::tunnel::Tunnels`] handle:
 /// interfaces are created by the transport; `--addr` is added to each when
 /// it comes up.
-async fn up_tunnels(
-    a: &UpArgs,
-    key: ed25519_dalek::SigningKey,
-    cert: NodeCert,
-    verifier: Verifier,
-    addr: Option<(Ipv6Addr, u8)>,
-    quic: QuicConfig,
-) -> anyhow::Result<()> {
+async fn up(a: UpArgs) -> anyhow::Result<()> {
     use der::{DecodePem, Encode};
     use re6st::tunnel::{
         quic, tcp, udp, Credentials, EndpointConfig, Timing, TunSettings, TunnelEvent,
         TunnelsConfig,
     };
 
+    let addr = a.addr.as_deref().map(parse_addr).transpose()?;
+    let key = pki::load_key(&a.key)?;
+    let cert = NodeCert::from_pem(&read(&a.cert)?)
+        .with_context(|| format!("{}: not a certificate", a.cert.display()))?;
     let ca_pem = read(&a.ca)?;
+    let verifier = Verifier::new(&ca_pem)
+        .with_context(|| format!("{}: not a CA certificate", a.ca.display()))?;
     let ca_der = x509_cert::Certificate::from_pem(ca_pem.as_bytes())
         .and_then(|c| c.to_der())
         .map_err(|e| anyhow::anyhow!("{}: bad CA certificate: {e}", a.ca.display()))?;
@@ -217,11 +201,17 @@ async fn up_tunnels(
         .trim_end_matches(|c: char| c.is_ascii_digit())
         .to_owned();
     let dead = seconds("--dead-timeout", a.dead_timeout)?;
+    let keepalive = seconds("--keepalive", a.keepalive)?;
+    let quic_config = QuicConfig {
+        keepalive,
+        dead_timeout: dead,
+        ..QuicConfig::default()
+    };
     let config = TunnelsConfig {
         listen: a.listen,
         endpoint: EndpointConfig {
             timing: Timing {
-                keepalive: seconds("--keepalive", a.keepalive)?,
+                keepalive,
                 dead_after: dead,
                 ..Timing::default()
             },
@@ -241,7 +231,7 @@ async fn up_tunnels(
     let (tunnels, mut events) = match a.transport {
         Transport::Udp => udp::start(creds, config).await,
         Transport::Tcp => tcp::start(creds, config).await,
-        Transport::Quic => quic::driver::start(identity, policy, quic, config).await,
+        Transport::Quic => quic::driver::start(identity, policy, quic_config, config).await,
     }
     .with_context(|| format!("cannot listen on {name} {}", a.listen))?;
     tracing::info!(listen = %tunnels.local_addr(), "{name} transport up");

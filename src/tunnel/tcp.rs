@@ -48,6 +48,9 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// Chunks a connection's reader may have in flight to the driver.
 pub const READ_CHUNKS: usize = 4;
 
+/// Control messages kept for a connection being opened.
+const MAX_QUEUED_CONTROL: usize = 4;
+
 /// Bytes TCP adds around a record besides the IP header: the TCP header
 /// with timestamps (32) and the record length (2).
 const TCP_OVERHEAD: usize = 32 + super::framing::HEADER_LEN;
@@ -209,8 +212,8 @@ pub async fn start(
     let manager = TunnelManager::new(Arc::clone(&transmit), tun);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    // one slot per connection event is enough to keep readers bounded: a
-    // reader sends at most READ_CHUNKS chunks before the driver acks them
+    // bounded in any case: each reader has at most READ_CHUNKS chunks out
+    // before the driver hands them back
     let (conn_tx, conn_rx) = mpsc::channel(64);
     tracing::debug!(%local, "tcp transport bound");
     let driver = Driver {
@@ -475,11 +478,15 @@ impl Driver {
             return;
         }
         let queue = self.connecting.entry(dst).or_default();
-        // a handshake retry replaces what the closed attempt left behind
-        queue.truncate(3);
+        let attempt_running = !queue.is_empty();
+        if queue.len() == MAX_QUEUED_CONTROL {
+            // handshake retries while the connection is being opened: keep
+            // the newest
+            queue.remove(0);
+        }
         queue.push(msg.to_vec());
-        if queue.len() > 1 {
-            return; // a connection attempt is already under way
+        if attempt_running {
+            return;
         }
         let conn_tx = self.conn_tx.clone();
         tokio::spawn(async move {

@@ -211,14 +211,11 @@ impl Driver {
                 self.established(id, t, false);
             }
             Internal::Incoming(Err((addr, e))) => {
-                // the verifier logged the precise reason
+                // The server-side verifier is shared by every handshake, so
+                // it cannot tell which connection a refusal belongs to: it
+                // logs the precise reason itself, and no Refused event is
+                // emitted for incoming quic tunnels.
                 tracing::debug!(%addr, "quic: incoming tunnel failed: {e}");
-                if let QuicError::Refused(v) = e {
-                    let _ = self.events.send(TunnelEvent::Refused {
-                        addr,
-                        error: HandshakeError::Certificate(v),
-                    });
-                }
             }
             Internal::Connected(id, Ok(t)) => {
                 if self.tunnels.contains_key(&id) {
