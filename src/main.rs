@@ -27,6 +27,9 @@ enum Command {
     Conf(cmd::conf::ConfArgs),
     /// Run the Babel router standalone on some interfaces (like babeld).
     Babel(cmd::babel::Args),
+    /// Bring tunnels of one transport up without the node (tests, benches).
+    #[command(hide = true)]
+    Link(cmd::link::LinkArgs),
     /// Bring up tunnels from the command line (tests and benchmarks).
     #[command(hide = true)]
     Tunnel(cmd::tunnel::TunnelArgs),
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Registry(a) => cmd::registry::run(a),
         Command::Conf(a) => cmd::conf::run(a),
         Command::Babel(args) => cmd::babel::run(args),
+        Command::Link(args) => cmd::link::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
     };
     match result {

@@ -13,6 +13,9 @@
 //! - [`datapath`]: TUN devices, batching, the encrypting tasks, and the
 //!   [`datapath::Transmit`] trait a transport implements.
 //! - [`udp`]: the UDP transport shell. `sys`: the unsafe system edge.
+//! - [`framing`]: length-prefixed records for stream transports.
+//! - [`tcp`]: the same sessions over TCP streams, as records.
+//! - [`quic`]: the QUIC transport (quinn, mutual TLS, datagrams).
 //!
 //! [`Tunnels`] is the handle the node (and `re6st tunnel`) drives: connect,
 //! close, revoke, status; [`TunnelEvent`]s report tunnels going up and
@@ -26,9 +29,12 @@ use tokio::task::JoinHandle;
 pub mod cookie;
 pub mod datapath;
 pub mod endpoint;
+pub mod framing;
 pub mod handshake;
+pub mod quic;
 pub mod session;
 pub mod sys;
+pub mod tcp;
 pub mod udp;
 pub mod wire;
 
