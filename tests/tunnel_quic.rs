@@ -1,5 +1,5 @@
 //! The quic transport between two network namespaces, through real
-//! `re6st link up` processes and real TUN devices: IPv6 ping and an iperf3
+//! `re6st tunnel up` processes and real TUN devices: IPv6 ping and an iperf3
 //! transfer across (over an IPv6 and an IPv4 underlay), a peer with a
 //! foreign certificate refused with a log line, a killed peer detected
 //! within the dead-peer timeout.
@@ -18,7 +18,7 @@ fn pair() -> Pair {
     link::pair("tq")
 }
 
-/// Starts `re6st link up --transport quic` in `ns` with node `n`'s
+/// Starts `re6st tunnel up --transport quic` in `ns` with node `n`'s
 /// certificate from `pki`; `connect` = (address, expected CN).
 fn link_up(
     ns: &Netns,

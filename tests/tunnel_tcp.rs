@@ -1,5 +1,5 @@
 //! The tcp transport between two network namespaces, through real
-//! `re6st link up` processes and real TUN devices: IPv6 ping and an iperf3
+//! `re6st tunnel up` processes and real TUN devices: IPv6 ping and an iperf3
 //! transfer across (over an IPv6 and an IPv4 underlay), the tunnel working
 //! while an nft rule drops all UDP (where the quic transport cannot come
 //! up), a peer with a foreign certificate refused with a log line, a killed
@@ -19,7 +19,7 @@ fn pair() -> Pair {
     link::pair("tt")
 }
 
-/// Starts `re6st link up --transport tcp` in `ns` with node `n`'s
+/// Starts `re6st tunnel up --transport tcp` in `ns` with node `n`'s
 /// certificate from `pki`; `connect` = (address, expected CN).
 fn link_up(
     ns: &Netns,

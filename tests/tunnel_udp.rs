@@ -1,4 +1,4 @@
-//! UDP tunnels between network namespaces, with real `re6st tunnel`
+//! UDP tunnels between network namespaces, with real `re6st tunnel up`
 //! processes, TUN devices, ping and iperf3.
 
 use std::net::Ipv4Addr;
@@ -88,6 +88,7 @@ fn tunnel(ns: &Netns, pki: &Pki, node: &NodeFiles, log: &Path, extra: &[&str]) -
     let ca = pki.ca_path();
     let mut args = vec![
         "tunnel",
+        "up",
         "--cert",
         node.cert.to_str().unwrap(),
         "--key",

@@ -140,7 +140,7 @@ row_boringtun() {
     wait_ping "$TARGET" || { tail -20 "$ROW_WORK/bt-a.log" "$ROW_WORK/bt-b.log" >&2; return 1; }
 }
 
-# re6st's own tunnels: `re6st tunnel` in each namespace (see re6st_row).
+# re6st's own tunnels: `re6st tunnel up` in each namespace (see re6st_row).
 re6st_bin() {
     if [ -z "${RE6ST:-}" ]; then
         log "building re6st (release)"
@@ -153,19 +153,19 @@ re6st_bin() {
 re6st_row() {
     local proto=$1
     re6st_bin || { echo "re6st binary not found"; return 2; }
-    "$RE6ST" link up --help 2>/dev/null | grep -q -- "- $proto:" ||
-        { echo "this re6st cannot bring up a $proto tunnel ('re6st link up --transport $proto')"; return 2; }
-    [ -f "$WORK/re6st-pki/ca.crt" ] || "$RE6ST" link pki --dir "$WORK/re6st-pki" --nodes 2
+    "$RE6ST" tunnel up --help 2>/dev/null | grep -q -- "- $proto:" ||
+        { echo "this re6st cannot bring up a $proto tunnel ('re6st tunnel up --transport $proto')"; return 2; }
+    [ -f "$WORK/re6st-pki/ca.crt" ] || "$RE6ST" tunnel pki --dir "$WORK/re6st-pki" --nodes 2
     local pki=$WORK/re6st-pki
-    bg_in_ns "$NS_B" "$ROW_WORK/re6st-b.log" "$RE6ST" link up --transport "$proto" \
+    bg_in_ns "$NS_B" "$ROW_WORK/re6st-b.log" "$RE6ST" tunnel up --transport "$proto" \
         --ca "$pki/ca.crt" --key "$pki/node2.key" --cert "$pki/node2.crt" \
-        --listen "[::]:3260" --dev re6st-0 --addr fd00:198:19::2/64
+        --listen "[::]:3260" --addr fd00:198:19::2/64
     TUNNEL_PIDS+=("$LAST_PID")
     sleep 0.5
-    bg_in_ns "$NS_A" "$ROW_WORK/re6st-a.log" "$RE6ST" link up --transport "$proto" \
+    bg_in_ns "$NS_A" "$ROW_WORK/re6st-a.log" "$RE6ST" tunnel up --transport "$proto" \
         --ca "$pki/ca.crt" --key "$pki/node1.key" --cert "$pki/node1.crt" \
-        --listen "[::]:3260" --connect "[$UL6_B]:3260" --peer 2/16 \
-        --dev re6st-0 --addr fd00:198:19::1/64
+        --listen "[::]:3260" --peer "[$UL6_B]:3260,2/16" --once \
+        --addr fd00:198:19::1/64
     TUNNEL_PIDS+=("$LAST_PID")
     TARGET=fd00:198:19::2
     wait_ping "$TARGET" || { tail -20 "$ROW_WORK/re6st-a.log" "$ROW_WORK/re6st-b.log" >&2; return 1; }

@@ -1,6 +1,6 @@
 //! Helpers shared by the transport integration tests (`tunnel_tcp`,
 //! `tunnel_quic`): two namespaces joined by a veth pair, a throw-away PKI,
-//! `re6st link up` processes, ping/iperf3 across, log checks.
+//! `re6st tunnel up` processes, ping/iperf3 across, log checks.
 #![allow(dead_code)] // each test crate uses a subset
 
 use std::path::Path;
@@ -35,12 +35,12 @@ pub(crate) fn pair(prefix: &str) -> Pair {
 
 pub(crate) fn pki(dir: &Path) {
     let st = Command::new(RE6ST)
-        .args(["link", "pki", "--dir"])
+        .args(["tunnel", "pki", "--dir"])
         .arg(dir)
         .args(["--nodes", "2"])
         .status()
         .unwrap();
-    assert!(st.success(), "re6st link pki failed");
+    assert!(st.success(), "re6st tunnel pki failed");
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -61,7 +61,7 @@ pub(crate) fn spawn_link(
         p(pki, format!("node{n}.crt")),
     );
     let mut args = vec![
-        "link",
+        "tunnel",
         "up",
         "--transport",
         transport,
@@ -73,15 +73,17 @@ pub(crate) fn spawn_link(
         &cert,
         "--listen",
         "[::]:3260",
-        "--dev",
-        "tq0",
+        "--ifname-prefix",
+        "tq",
         "--addr",
         addr,
-        "--dead-timeout",
+        "--timeout",
         "3",
     ];
+    let peer_arg;
     if let Some((remote, peer)) = connect {
-        args.extend(["--connect", remote, "--peer", peer]);
+        peer_arg = format!("{remote},{peer}");
+        args.extend(["--peer", &peer_arg, "--once"]);
     }
     ns.spawn(RE6ST, &args, log).unwrap()
 }
