@@ -14,7 +14,7 @@ mod link;
 
 use link::{
     assert_carries, assert_no_ping, kill_peer, log_text, pki, spawn_link, tunnel, wait_exit,
-    wait_log, Pair, B_V4, B_V6,
+    wait_log, Pair, B_V6,
 };
 
 fn pair() -> Pair {
@@ -26,19 +26,7 @@ fn tcp_tunnel_carries_ipv6_over_both_underlays() {
     if !require_root("tcp_tunnel_carries_ipv6_over_both_underlays") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    pki(dir.path());
-    for (underlay, remote) in [("ipv6", B_V6), ("ipv4", B_V4)] {
-        let pair = pair();
-        let t = tunnel("tcp", &pair, dir.path(), underlay, remote, "fd00:2");
-        let what = format!("tcp tunnel over {underlay}");
-        assert_carries(&pair, dir.path(), &t, "fd00:2", &what);
-        let b_log = log_text(&t.lb);
-        assert!(
-            b_log.contains("tcp tunnel 0 up") && b_log.contains("1/16"),
-            "B did not log the peer: {b_log}"
-        );
-    }
+    link::assert_carries_over_both_underlays("tcp", "tt");
 }
 
 #[test]

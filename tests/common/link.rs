@@ -252,3 +252,22 @@ pub(crate) fn assert_no_ping(pair: &Pair) {
         .exec("ping", &["-c", "1", "-W", "1", "fd00:2::2"])
         .is_err());
 }
+
+/// Brings a `transport` tunnel up over the IPv6, then the IPv4 underlay
+/// (new namespaces `<ns>-a`/`<ns>-b` each time) and asserts that it
+/// carries ping and iperf3 and that B logged its peer "1/16".
+pub(crate) fn assert_carries_over_both_underlays(transport: &str, ns: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    for (underlay, remote) in [("ipv6", B_V6), ("ipv4", B_V4)] {
+        let pair = pair(ns);
+        let t = tunnel(transport, &pair, dir.path(), underlay, remote, "fd00:2");
+        let what = format!("{transport} tunnel over {underlay}");
+        assert_carries(&pair, dir.path(), &t, "fd00:2", &what);
+        let b_log = log_text(&t.lb);
+        assert!(
+            b_log.contains(&format!("{transport} tunnel 0 up")) && b_log.contains("1/16"),
+            "B did not log the peer: {b_log}"
+        );
+    }
+}
