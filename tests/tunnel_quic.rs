@@ -11,11 +11,7 @@ use re6st::testbed::require_root;
 #[path = "common/link.rs"]
 mod link;
 
-use link::{assert_no_ping, kill_peer, log_text, pki, spawn_link, wait_exit, Pair, B_V6};
-
-fn pair() -> Pair {
-    link::pair("tq")
-}
+use link::{assert_no_ping, kill_peer, log_text, refusals, wait_exit};
 
 #[test]
 fn quic_tunnel_carries_ipv6_over_both_underlays() {
@@ -30,36 +26,25 @@ fn quic_refuses_foreign_certificate_and_wrong_prefix() {
     if !require_root("quic_refuses_foreign_certificate_and_wrong_prefix") {
         return;
     }
-    let ours = tempfile::tempdir().unwrap();
-    let foreign = tempfile::tempdir().unwrap();
-    pki(ours.path());
-    pki(foreign.path());
-    let pair = pair();
-    let lb = ours.path().join("b.log");
-    let (o, f) = (ours.path(), foreign.path());
-    let _b = spawn_link("quic", &pair.b, o, o, 2, "fd00:2::2/64", None, &lb);
-    std::thread::sleep(Duration::from_millis(300));
+    let r = refusals("quic", "tq");
+    let (pair, lb) = (&r.pair, &r.lb);
 
     // a node holding a certificate of another network (while trusting
     // ours, so that the refusal is B's): B refuses it, A's attempt fails
-    let la = ours.path().join("a-foreign.log");
-    let to_b = Some((B_V6, "2/16"));
-    let mut a = spawn_link("quic", &pair.a, o, f, 1, "fd00:2::1/64", to_b, &la);
+    let (mut a, _) = r.dial(true, "2/16", "a-foreign");
     assert!(
         wait_exit(&mut a, Duration::from_secs(30)),
         "foreign node still running"
     );
     assert!(!a.wait().unwrap().success());
     assert!(
-        log_text(&lb).contains("refused peer certificate: not signed by the network CA"),
+        log_text(lb).contains("refused peer certificate: not signed by the network CA"),
         "B did not log the refusal: {}",
-        log_text(&lb)
+        log_text(lb)
     );
 
     // our node 1 expecting another prefix refuses B
-    let la = ours.path().join("a-wrong-cn.log");
-    let to_b = Some((B_V6, "3/16"));
-    let mut a = spawn_link("quic", &pair.a, o, o, 1, "fd00:2::1/64", to_b, &la);
+    let (mut a, la) = r.dial(false, "3/16", "a-wrong-cn");
     assert!(
         wait_exit(&mut a, Duration::from_secs(30)),
         "node 1 still running"
@@ -70,7 +55,7 @@ fn quic_refuses_foreign_certificate_and_wrong_prefix() {
         "A did not log the refusal: {}",
         log_text(&la)
     );
-    assert_no_ping(&pair);
+    assert_no_ping(pair);
 }
 
 #[test]

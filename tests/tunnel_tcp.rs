@@ -13,7 +13,7 @@ use re6st::testbed::require_root;
 mod link;
 
 use link::{
-    assert_carries, assert_no_ping, kill_peer, log_text, pki, spawn_link, tunnel, wait_exit,
+    assert_carries, assert_no_ping, kill_peer, log_text, pki, refusals, tunnel, wait_exit,
     wait_log, Pair, B_V6,
 };
 
@@ -77,40 +77,29 @@ fn tcp_refuses_foreign_certificate_and_wrong_prefix() {
     if !require_root("tcp_refuses_foreign_certificate_and_wrong_prefix") {
         return;
     }
-    let ours = tempfile::tempdir().unwrap();
-    let foreign = tempfile::tempdir().unwrap();
-    pki(ours.path());
-    pki(foreign.path());
-    let pair = pair();
-    let lb = ours.path().join("b.log");
-    let (o, f) = (ours.path(), foreign.path());
-    let _b = spawn_link("tcp", &pair.b, o, o, 2, "fd00:2::2/64", None, &lb);
-    std::thread::sleep(Duration::from_millis(300));
+    let r = refusals("tcp", "tt");
+    let (pair, lb) = (&r.pair, &r.lb);
 
     // a node holding a certificate of another network (while using ours
     // for the handshake's network binding): B refuses its handshake
-    let la = ours.path().join("a-foreign.log");
-    let to_b = Some((B_V6, "2/16"));
-    let a = spawn_link("tcp", &pair.a, o, f, 1, "fd00:2::1/64", to_b, &la);
+    let (a, _) = r.dial(true, "2/16", "a-foreign");
     assert!(
-        wait_log(&lb, "refused peer", Duration::from_secs(30)),
+        wait_log(lb, "refused peer", Duration::from_secs(30)),
         "B did not log a refusal: {}",
-        log_text(&lb)
+        log_text(lb)
     );
-    assert_no_ping(&pair);
+    assert_no_ping(pair);
     drop(a);
 
     // our node 1 expecting another prefix refuses B
-    let la = ours.path().join("a-wrong-cn.log");
-    let to_b = Some((B_V6, "3/16"));
-    let _a = spawn_link("tcp", &pair.a, o, o, 1, "fd00:2::1/64", to_b, &la);
+    let (_a, la) = r.dial(false, "3/16", "a-wrong-cn");
     wait_log(&la, "unexpected prefix", Duration::from_secs(30));
     assert!(
         log_text(&la).contains("peer certificate refused: unexpected prefix"),
         "A did not log a refusal: {}",
         log_text(&la)
     );
-    assert_no_ping(&pair);
+    assert_no_ping(pair);
 }
 
 #[test]

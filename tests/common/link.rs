@@ -271,3 +271,57 @@ pub(crate) fn assert_carries_over_both_underlays(transport: &str, ns: &str) {
         );
     }
 }
+
+/// The set-up of the refusal tests: our network's and a foreign network's
+/// PKIs, and B (node 2 of ours) listening with `transport`.
+pub(crate) struct Refusals {
+    pub(crate) b: NsChild,
+    pub(crate) lb: PathBuf,
+    pub(crate) pair: Pair,
+    transport: String,
+    ours: tempfile::TempDir,
+    foreign: tempfile::TempDir,
+}
+
+/// Starts B for the refusal tests (namespaces `<ns>-a`/`<ns>-b`).
+pub(crate) fn refusals(transport: &str, ns: &str) -> Refusals {
+    let ours = tempfile::tempdir().unwrap();
+    let foreign = tempfile::tempdir().unwrap();
+    pki(ours.path());
+    pki(foreign.path());
+    let pair = pair(ns);
+    let lb = ours.path().join("b.log");
+    let o = ours.path();
+    let b = spawn_link(transport, &pair.b, o, o, 2, "fd00:2::2/64", None, &lb);
+    std::thread::sleep(Duration::from_millis(300));
+    Refusals {
+        b,
+        lb,
+        pair,
+        transport: transport.to_owned(),
+        ours,
+        foreign,
+    }
+}
+
+impl Refusals {
+    /// Starts node 1 in A, trusting our CA, with the foreign network's
+    /// certificate when `foreign`, opening a tunnel to B that expects CN
+    /// `peer`; logs to `<name>.log`. Returns the process and its log.
+    pub(crate) fn dial(&self, foreign: bool, peer: &str, name: &str) -> (NsChild, PathBuf) {
+        let o = self.ours.path();
+        let certs = if foreign { self.foreign.path() } else { o };
+        let la = o.join(format!("{name}.log"));
+        let a = spawn_link(
+            &self.transport,
+            &self.pair.a,
+            o,
+            certs,
+            1,
+            "fd00:2::1/64",
+            Some((B_V6, peer)),
+            &la,
+        );
+        (a, la)
+    }
+}
