@@ -27,10 +27,8 @@ enum Command {
     Conf(cmd::conf::ConfArgs),
     /// Run the Babel router standalone on some interfaces (like babeld).
     Babel(cmd::babel::Args),
-    /// Bring tunnels of one transport up without the node (tests, benches).
-    #[command(hide = true)]
-    Link(cmd::link::LinkArgs),
-    /// Bring up tunnels from the command line (tests and benchmarks).
+    /// Bring up tunnels without the node: a throw-away PKI, tunnels of one
+    /// transport (tests and benchmarks).
     #[command(hide = true)]
     Tunnel(cmd::tunnel::TunnelArgs),
 }
@@ -42,7 +40,6 @@ fn main() -> ExitCode {
         Command::Registry(a) => cmd::registry::run(a),
         Command::Conf(a) => cmd::conf::run(a),
         Command::Babel(args) => cmd::babel::run(args),
-        Command::Link(args) => cmd::link::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
     };
     match result {

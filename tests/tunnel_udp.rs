@@ -1,4 +1,4 @@
-//! UDP tunnels between network namespaces, with real `re6st tunnel`
+//! UDP tunnels between network namespaces, with real `re6st tunnel up`
 //! processes, TUN devices, ping and iperf3.
 
 use std::net::Ipv4Addr;
@@ -8,7 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use re6st::pki::{self, Ca, Csr, IssueRequest, Network};
 use re6st::testbed::{require_root, veth, Netns, NsChild};
 
-const BIN: &str = env!("CARGO_BIN_EXE_re6st");
+#[path = "common/link.rs"]
+mod link;
+
+use link::{log_text, wait_count, RE6ST};
 
 /// A CA and node certificates in a temporary directory.
 struct Pki {
@@ -88,6 +91,7 @@ fn tunnel(ns: &Netns, pki: &Pki, node: &NodeFiles, log: &Path, extra: &[&str]) -
     let ca = pki.ca_path();
     let mut args = vec![
         "tunnel",
+        "up",
         "--cert",
         node.cert.to_str().unwrap(),
         "--key",
@@ -99,23 +103,17 @@ fn tunnel(ns: &Netns, pki: &Pki, node: &NodeFiles, log: &Path, extra: &[&str]) -
         args.extend(["--listen", "0.0.0.0:5000"]);
     }
     args.extend_from_slice(extra);
-    ns.spawn(BIN, &args, log).unwrap()
+    ns.spawn(RE6ST, &args, log).unwrap()
 }
 
-fn log_of(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Waits until `path` contains `needle` `count` times; false on timeout.
-fn wait_for(path: &Path, needle: &str, count: usize, timeout: Duration) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if log_of(path).matches(needle).count() >= count {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+/// Asserts that the log at `path` shows `needle` `count` times within
+/// `secs` seconds.
+fn assert_logged(path: &Path, needle: &str, count: usize, secs: u64) {
+    assert!(
+        wait_count(path, needle, count, Duration::from_secs(secs)),
+        "{}",
+        log_text(path)
+    );
 }
 
 /// Two namespaces joined by a veth pair, 10.77.0.1 and 10.77.0.2.
@@ -128,6 +126,43 @@ fn pair() -> (Netns, Netns) {
     b.exec("ip", &["addr", "add", "10.77.0.2/24", "dev", "vb"])
         .unwrap();
     (a, b)
+}
+
+/// A tunnel between node 1/16 in A and node 2/16 in B (10.77.0.1 and
+/// 10.77.0.2): B listens, A connects to it; `extra` options for both.
+struct Two {
+    _pa: NsChild,
+    pb: NsChild,
+    a: Netns,
+    b: Netns,
+    la: PathBuf,
+    lb: PathBuf,
+}
+
+fn two(pki: &mut Pki, extra: &[&str]) -> Two {
+    let (a, b) = pair();
+    let (na, nb) = (pki.node("1/16"), pki.node("2/16"));
+    let (la, lb) = (pki.log("a"), pki.log("b"));
+    let pb = tunnel(&b, pki, &nb, &lb, extra);
+    let mut ea = extra.to_vec();
+    ea.extend(["--peer", "10.77.0.2:5000,2/16"]);
+    let pa = tunnel(&a, pki, &na, &la, &ea);
+    Two {
+        _pa: pa,
+        pb,
+        a,
+        b,
+        la,
+        lb,
+    }
+}
+
+impl Two {
+    /// Addresses the tunnel interfaces: fd77::1 in A, fd77::2 in B.
+    fn overlay(&self) {
+        address(&self.a, "re6st-0", "fd77::1/64");
+        address(&self.b, "re6st-0", "fd77::2/64");
+    }
 }
 
 fn address(ns: &Netns, iface: &str, addr: &str) {
@@ -149,53 +184,29 @@ fn ping_and_iperf3_across_a_tunnel() {
         return;
     }
     let mut pki = Pki::new();
-    let (a, b) = pair();
-    let na = pki.node("1/16");
-    let nb = pki.node("2/16");
-    let (la, lb) = (pki.log("a"), pki.log("b"));
-    let _pb = tunnel(&b, &pki, &nb, &lb, &[]);
-    let _pa = tunnel(&a, &pki, &na, &la, &["--peer", "10.77.0.2:5000,2/16"]);
+    let t = two(&mut pki, &[]);
+    assert_logged(&t.la, "up: interface re6st-0, peer 2/16", 1, 20);
+    assert_logged(&t.lb, "up: interface re6st-0, peer 1/16", 1, 20);
+    t.overlay();
     assert!(
-        wait_for(
-            &la,
-            "up: interface re6st-0, peer 2/16",
-            1,
-            Duration::from_secs(20)
-        ),
-        "{}",
-        log_of(&la)
-    );
-    assert!(
-        wait_for(
-            &lb,
-            "up: interface re6st-0, peer 1/16",
-            1,
-            Duration::from_secs(20)
-        ),
-        "{}",
-        log_of(&lb)
-    );
-    address(&a, "re6st-0", "fd77::1/64");
-    address(&b, "re6st-0", "fd77::2/64");
-    assert!(
-        ping(&a, "fd77::2"),
+        ping(&t.a, "fd77::2"),
         "ping across the tunnel failed\n{}\n{}",
-        log_of(&la),
-        log_of(&lb)
+        log_text(&t.la),
+        log_text(&t.lb)
     );
-    let _server = b
-        .spawn(
+    let _server =
+        t.b.spawn(
             "iperf3",
             &["-s", "-1", "-B", "fd77::2"],
             &pki.log("iperf-s"),
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let out = a
-        .command("iperf3")
-        .args(["-c", "fd77::2", "-t", "3", "-f", "m"])
-        .output()
-        .unwrap();
+    let out =
+        t.a.command("iperf3")
+            .args(["-c", "fd77::2", "-t", "3", "-f", "m"])
+            .output()
+            .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -233,24 +244,11 @@ fn ipv6_underlay() {
         &la,
         &["--listen", "[::]:5001", "--peer", "[fd00:77::2]:5001,2/16"],
     );
-    assert!(
-        wait_for(
-            &lb,
-            "peer 1/16 (serial 2) at [fd00:77::1]:5001",
-            1,
-            Duration::from_secs(20)
-        ),
-        "{}",
-        log_of(&lb)
-    );
-    assert!(
-        wait_for(&la, " up: ", 1, Duration::from_secs(20)),
-        "{}",
-        log_of(&la)
-    );
+    assert_logged(&lb, "peer 1/16 (serial 2) at [fd00:77::1]:5001", 1, 20);
+    assert_logged(&la, " up: ", 1, 20);
     address(&a, "re6st-0", "fd77::1/64");
     address(&b, "re6st-0", "fd77::2/64");
-    assert!(ping(&a, "fd77::2"), "{}\n{}", log_of(&la), log_of(&lb));
+    assert!(ping(&a, "fd77::2"), "{}\n{}", log_text(&la), log_text(&lb));
 }
 
 #[test]
@@ -277,19 +275,15 @@ fn refused_certificates_are_logged() {
     ] {
         let la = pki.log(&format!("a{n}"));
         let p = tunnel(&a, &pki, node, &la, &["--peer", "10.77.0.2:5000,2/16"]);
-        assert!(
-            wait_for(
-                &lb,
-                "refused peer at 10.77.0.1:5000: peer certificate refused",
-                n + 1,
-                Duration::from_secs(20)
-            ),
-            "{}",
-            log_of(&lb)
+        assert_logged(
+            &lb,
+            "refused peer at 10.77.0.1:5000: peer certificate refused",
+            n + 1,
+            20,
         );
-        assert!(log_of(&lb).contains(why), "{why}: {}", log_of(&lb));
+        assert!(log_text(&lb).contains(why), "{why}: {}", log_text(&lb));
         drop(p);
-        assert!(!log_of(&la).contains(" up: "), "{}", log_of(&la));
+        assert!(!log_text(&la).contains(" up: "), "{}", log_text(&la));
     }
     // A responder with a certificate from another CA: refused by the initiator.
     let la = pki.log("a-foreign");
@@ -297,17 +291,8 @@ fn refused_certificates_are_logged() {
     drop(_pb);
     let _pf = tunnel(&b, &pki, &foreign, &lf, &[]);
     let _pa = tunnel(&a, &pki, &good, &la, &["--peer", "10.77.0.2:5000,5/16"]);
-    assert!(
-        wait_for(
-            &la,
-            "down (no interface): peer certificate refused",
-            1,
-            Duration::from_secs(20)
-        ),
-        "{}",
-        log_of(&la)
-    );
-    assert!(!log_of(&la).contains(" up: ") && !log_of(&lf).contains(" up: "));
+    assert_logged(&la, "down (no interface): peer certificate refused", 1, 20);
+    assert!(!log_text(&la).contains(" up: ") && !log_text(&lf).contains(" up: "));
 }
 
 #[test]
@@ -316,47 +301,11 @@ fn killed_peer_is_detected_within_the_timeout() {
         return;
     }
     let mut pki = Pki::new();
-    let (a, b) = pair();
-    let (na, nb) = (pki.node("1/16"), pki.node("2/16"));
-    let (la, lb) = (pki.log("a"), pki.log("b"));
-    let pb = tunnel(
-        &b,
-        &pki,
-        &nb,
-        &lb,
-        &["--timeout", "3", "--keepalive", "0.5"],
-    );
-    let _pa = tunnel(
-        &a,
-        &pki,
-        &na,
-        &la,
-        &[
-            "--peer",
-            "10.77.0.2:5000,2/16",
-            "--timeout",
-            "3",
-            "--keepalive",
-            "0.5",
-        ],
-    );
-    assert!(
-        wait_for(&la, " up: ", 1, Duration::from_secs(20)),
-        "{}",
-        log_of(&la)
-    );
+    let t = two(&mut pki, &["--timeout", "3", "--keepalive", "0.5"]);
+    assert_logged(&t.la, " up: ", 1, 20);
     let killed = Instant::now();
-    drop(pb);
-    assert!(
-        wait_for(
-            &la,
-            "down (re6st-0): peer silent",
-            1,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        log_of(&la)
-    );
+    drop(t.pb);
+    assert_logged(&t.la, "down (re6st-0): peer silent", 1, 10);
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(6), "detected after {took:?}");
 }
@@ -367,19 +316,11 @@ fn roaming_keeps_the_tunnel_up() {
         return;
     }
     let mut pki = Pki::new();
-    let (a, b) = pair();
-    let (na, nb) = (pki.node("1/16"), pki.node("2/16"));
-    let (la, lb) = (pki.log("a"), pki.log("b"));
-    let _pb = tunnel(&b, &pki, &nb, &lb, &[]);
-    let _pa = tunnel(&a, &pki, &na, &la, &["--peer", "10.77.0.2:5000,2/16"]);
-    assert!(
-        wait_for(&lb, " up: ", 1, Duration::from_secs(20)),
-        "{}",
-        log_of(&lb)
-    );
-    address(&a, "re6st-0", "fd77::1/64");
-    address(&b, "re6st-0", "fd77::2/64");
-    assert!(ping(&a, "fd77::2"));
+    let t = two(&mut pki, &[]);
+    let (a, b, la, lb) = (&t.a, &t.b, &t.la, &t.lb);
+    assert_logged(lb, " up: ", 1, 20);
+    t.overlay();
+    assert!(ping(a, "fd77::2"));
     // a's underlay address changes (the new one is promoted when the old
     // one goes, as both are in one subnet).
     a.exec("sysctl", &["-qw", "net.ipv4.conf.va.promote_secondaries=1"])
@@ -388,18 +329,9 @@ fn roaming_keeps_the_tunnel_up() {
         .unwrap();
     a.exec("ip", &["addr", "del", "10.77.0.1/24", "dev", "va"])
         .unwrap();
-    assert!(
-        wait_for(
-            &lb,
-            "roamed: peer now at 10.77.0.3:5000",
-            1,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        log_of(&lb)
-    );
-    assert!(ping(&b, "fd77::1"), "{}\n{}", log_of(&la), log_of(&lb));
-    assert!(!log_of(&la).contains(" down ") && !log_of(&lb).contains(" down "));
+    assert_logged(lb, "roamed: peer now at 10.77.0.3:5000", 1, 10);
+    assert!(ping(b, "fd77::1"), "{}\n{}", log_text(la), log_text(lb));
+    assert!(!log_text(la).contains(" down ") && !log_text(lb).contains(" down "));
 }
 
 #[test]
@@ -447,13 +379,9 @@ fn twenty_tunnels_from_one_process() {
         args.push(p.as_str());
     }
     let _ph = tunnel(&hub, &pki, &hub_node, &lh, &args);
-    assert!(
-        wait_for(&lh, " up: ", N, Duration::from_secs(60)),
-        "{}",
-        log_of(&lh)
-    );
+    assert_logged(&lh, " up: ", N, 60);
     // Address every tunnel and ping across each one.
-    let log = log_of(&lh);
+    let log = log_text(&lh);
     for (i, (ns, _child, slog)) in spokes.iter().enumerate() {
         let needle = format!(", peer {}/16 ", i + 2);
         let line = log
@@ -468,7 +396,7 @@ fn twenty_tunnels_from_one_process() {
             .next()
             .unwrap();
         address(&hub, iface, &format!("fd78:{i}::1/64"));
-        assert!(wait_for(slog, " up: ", 1, Duration::from_secs(10)));
+        assert_logged(slog, " up: ", 1, 10);
         address(ns, "re6st-0", &format!("fd78:{i}::2/64"));
     }
     for i in 0..N {
@@ -486,27 +414,17 @@ fn throughput() {
         return;
     }
     let mut pki = Pki::new();
-    let (a, b) = pair();
-    let (na, nb) = (pki.node("1/16"), pki.node("2/16"));
-    let (la, lb) = (pki.log("a"), pki.log("b"));
     let extra: Vec<String> = std::env::var("RE6ST_TUNNEL_ARGS")
         .unwrap_or_default()
         .split_whitespace()
         .map(str::to_owned)
         .collect();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let _pb = tunnel(&b, &pki, &nb, &lb, &extra);
-    let mut ea = extra.clone();
-    ea.extend(["--peer", "10.77.0.2:5000,2/16"]);
-    let _pa = tunnel(&a, &pki, &na, &la, &ea);
-    assert!(
-        wait_for(&la, " up: ", 1, Duration::from_secs(20)),
-        "{}",
-        log_of(&la)
-    );
-    address(&a, "re6st-0", "fd77::1/64");
-    address(&b, "re6st-0", "fd77::2/64");
-    assert!(ping(&a, "fd77::2"));
+    let t = two(&mut pki, &extra);
+    let (a, b) = (&t.a, &t.b);
+    assert_logged(&t.la, " up: ", 1, 20);
+    t.overlay();
+    assert!(ping(a, "fd77::2"));
     let secs = std::env::var("RE6ST_IPERF_SECS").unwrap_or_else(|_| "8".into());
     for (label, dst, streams) in [
         ("veth", "10.77.0.2", "1"),

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # run.sh - throughput harness: plain veth, re6st's udp/tcp/quic tunnels,
-# OpenVPN 2.6 (as re6stnet runs it, and with AES-256-GCM) and boringtun,
-# measured side by side in one pass on this machine.
+# OpenVPN 2.6 (as re6stnet runs it, with AES-256-GCM, and over TCP) and
+# boringtun, measured side by side in one pass on this machine.
 #
 # usage: sudo benches/throughput/run.sh [ROW...]
-#   ROW: veth openvpn-none openvpn-aes boringtun re6st-udp re6st-tcp re6st-quic
+#   ROW: veth openvpn-none openvpn-aes openvpn-tcp boringtun re6st-udp re6st-tcp
+#        re6st-quic
 #        (default: all of them, in that order)
 # env:   RUNS=3 DURATION=8 UDP_LEN=1400 PING_COUNT=20 QUIET_PCT=25 QUIET_WAIT=60
 #        RESULTS=benches/throughput/results/<date>  RE6ST=<path to re6st binary>
@@ -31,7 +32,7 @@ for t in iperf3 ip ping python3; do
     command -v "$t" >/dev/null || { echo "run.sh: $t missing: run $HERE/install.sh" >&2; exit 1; }
 done
 
-ALL_ROWS=(veth openvpn-none openvpn-aes boringtun re6st-udp re6st-tcp re6st-quic)
+ALL_ROWS=(veth openvpn-none openvpn-aes openvpn-tcp boringtun re6st-udp re6st-tcp re6st-quic)
 ROWS=("$@")
 [ ${#ROWS[@]} -gt 0 ] || ROWS=("${ALL_ROWS[@]}")
 
@@ -54,7 +55,9 @@ row_veth() {
 # 2.6 as the anchors found necessary: '--cipher none' alone now negotiates
 # AES-256-GCM, so no-encryption is '--data-ciphers none --cipher none';
 # --ncp-disable no longer exists; the tap MTU is set directly (1400) because
-# re6st's --link-mtu values drop full-size frames on 2.6.
+# re6st's --link-mtu values drop full-size frames on 2.6. Over TCP (the
+# anchor 05-openvpn-tcp-aes256gcm.sh): '--proto tcp-server' /
+# 'tcp-client' and no MTU options, OpenVPN's default 1500 as re6st keeps it.
 openvpn_pki() {
     [ -f "$WORK/pki/client.crt" ] && return 0
     mkdir -p "$WORK/pki"
@@ -72,7 +75,7 @@ openvpn_pki() {
 }
 
 openvpn_row() {
-    local cipher=$1
+    local cipher=$1 proto=${2:-udp}
     command -v openvpn >/dev/null || { echo "openvpn not installed"; return 2; }
     openvpn_pki
     cat >"$ROW_WORK/up.sh" <<'EOF'
@@ -83,7 +86,16 @@ ip addr add "$1" dev "$dev"
 EOF
     chmod +x "$ROW_WORK/up.sh"
     local common=(--dev-type tap --persist-tun --persist-key --script-security 2
-        --ca "$WORK/pki/ca.crt" --verb 3 --ping-exit 120 --tun-mtu 1400 --mtu-disc yes)
+        --ca "$WORK/pki/ca.crt" --verb 3 --ping-exit 120)
+    local srv_proto cli_proto
+    if [ "$proto" = tcp ]; then
+        srv_proto=(--proto tcp-server)
+        cli_proto=(--remote "$UL_B" 1194 tcp-client)
+    else
+        common+=(--tun-mtu 1400 --mtu-disc yes)
+        srv_proto=(--proto udp4)
+        cli_proto=(--remote "$UL_B" 1194 udp4)
+    fi
     if [ "$cipher" = none ]; then
         common+=(--cipher none --data-ciphers none)
     else
@@ -92,13 +104,13 @@ EOF
     bg_in_ns "$NS_B" "$ROW_WORK/server.log" openvpn "${common[@]}" \
         --dev tapb --up "$ROW_WORK/up.sh 198.19.0.2/24" \
         --tls-server --mode server --dh none --max-clients 10 \
-        --local "$UL_B" --port 1194 --proto udp4 \
+        --local "$UL_B" --port 1194 "${srv_proto[@]}" \
         --cert "$WORK/pki/server.crt" --key "$WORK/pki/server.key"
     TUNNEL_PIDS+=("$LAST_PID")
     sleep 1
     bg_in_ns "$NS_A" "$ROW_WORK/client.log" openvpn "${common[@]}" \
         --dev tapa --up "$ROW_WORK/up.sh 198.19.0.1/24" \
-        --nobind --client --resolv-retry 0 --tls-exit --remote "$UL_B" 1194 udp4 \
+        --nobind --client --resolv-retry 0 --tls-exit "${cli_proto[@]}" \
         --cert "$WORK/pki/client.crt" --key "$WORK/pki/client.key"
     TUNNEL_PIDS+=("$LAST_PID")
     TARGET=198.19.0.2
@@ -106,6 +118,7 @@ EOF
 }
 row_openvpn-none() { openvpn_row none; }
 row_openvpn-aes() { openvpn_row AES-256-GCM; }
+row_openvpn-tcp() { openvpn_row AES-256-GCM tcp; }
 
 # boringtun 0.7 (userspace WireGuard), configured with `wg` through its UAPI
 # socket. --threads 1: the anchors found 4 threads (the default) reorder one
@@ -140,7 +153,7 @@ row_boringtun() {
     wait_ping "$TARGET" || { tail -20 "$ROW_WORK/bt-a.log" "$ROW_WORK/bt-b.log" >&2; return 1; }
 }
 
-# re6st's own tunnels: `re6st tunnel` in each namespace (see re6st_row).
+# re6st's own tunnels: `re6st tunnel up` in each namespace (see re6st_row).
 re6st_bin() {
     if [ -z "${RE6ST:-}" ]; then
         log "building re6st (release)"
@@ -153,19 +166,19 @@ re6st_bin() {
 re6st_row() {
     local proto=$1
     re6st_bin || { echo "re6st binary not found"; return 2; }
-    "$RE6ST" link up --help 2>/dev/null | grep -q -- "- $proto:" ||
-        { echo "this re6st cannot bring up a $proto tunnel ('re6st link up --transport $proto')"; return 2; }
-    [ -f "$WORK/re6st-pki/ca.crt" ] || "$RE6ST" link pki --dir "$WORK/re6st-pki" --nodes 2
+    "$RE6ST" tunnel up --help 2>/dev/null | grep -q -- "- $proto:" ||
+        { echo "this re6st cannot bring up a $proto tunnel ('re6st tunnel up --transport $proto')"; return 2; }
+    [ -f "$WORK/re6st-pki/ca.crt" ] || "$RE6ST" tunnel pki --dir "$WORK/re6st-pki" --nodes 2
     local pki=$WORK/re6st-pki
-    bg_in_ns "$NS_B" "$ROW_WORK/re6st-b.log" "$RE6ST" link up --transport "$proto" \
+    bg_in_ns "$NS_B" "$ROW_WORK/re6st-b.log" "$RE6ST" tunnel up --transport "$proto" \
         --ca "$pki/ca.crt" --key "$pki/node2.key" --cert "$pki/node2.crt" \
-        --listen "[::]:3260" --dev re6st-0 --addr fd00:198:19::2/64
+        --listen "[::]:3260" --addr fd00:198:19::2/64
     TUNNEL_PIDS+=("$LAST_PID")
     sleep 0.5
-    bg_in_ns "$NS_A" "$ROW_WORK/re6st-a.log" "$RE6ST" link up --transport "$proto" \
+    bg_in_ns "$NS_A" "$ROW_WORK/re6st-a.log" "$RE6ST" tunnel up --transport "$proto" \
         --ca "$pki/ca.crt" --key "$pki/node1.key" --cert "$pki/node1.crt" \
-        --listen "[::]:3260" --connect "[$UL6_B]:3260" --peer 2/16 \
-        --dev re6st-0 --addr fd00:198:19::1/64
+        --listen "[::]:3260" --peer "[$UL6_B]:3260,2/16" --once \
+        --addr fd00:198:19::1/64
     TUNNEL_PIDS+=("$LAST_PID")
     TARGET=fd00:198:19::2
     wait_ping "$TARGET" || { tail -20 "$ROW_WORK/re6st-a.log" "$ROW_WORK/re6st-b.log" >&2; return 1; }

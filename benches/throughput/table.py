@@ -6,7 +6,8 @@ tunnel processes of both ends divided by the gigabits received (a plain
 veth has no tunnel process). Ratios compare each row with OpenVPN as
 re6stnet runs it ("openvpn-none") and with boringtun, measured in the same
 pass: throughput as row / reference (higher is better), CPU as
-row / reference (lower is better).
+row / reference (lower is better). OpenVPN over TCP ("openvpn-tcp") is
+the reference of the tcp transport.
 
 usage: table.py RESULTS_DIR
 """
@@ -16,7 +17,9 @@ import os
 import statistics
 import sys
 
-REFS = [("OpenVPN", "openvpn-none"), ("boringtun", "boringtun")]
+# openvpn-tcp: the reference of the tcp transport (goal: re6st-tcp >= 3x)
+REFS = [("OpenVPN", "openvpn-none"), ("boringtun", "boringtun"),
+        ("OpenVPN-TCP", "openvpn-tcp")]
 
 
 def median(values):

@@ -3,6 +3,5 @@
 
 pub(crate) mod babel;
 pub(crate) mod conf;
-pub(crate) mod link;
 pub(crate) mod registry;
 pub(crate) mod tunnel;

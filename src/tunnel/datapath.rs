@@ -14,6 +14,7 @@ use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,6 +24,7 @@ use super::endpoint::{Endpoint, Event, TunnelId, TxCounters};
 use super::session::{Sender, SessionError};
 use super::sys::tun::{self, TunConfig};
 use super::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, TAG_LEN};
+use super::{Command, TunnelEvent, TunnelStatus};
 
 /// Largest inner MTU supported.
 pub const MAX_MTU: usize = 1500;
@@ -320,6 +322,77 @@ impl<T: Transmit> TunnelManager<T> {
             Event::Refused { .. } => {}
         }
         Ok(())
+    }
+
+    /// Carries out a command of the [`super::Tunnels`] handle on an
+    /// endpoint-driven transport (udp, tcp) at time `now`: opens, closes,
+    /// revokes or lists tunnels (with their interfaces).
+    pub fn command(&self, cmd: Command, endpoint: &mut Endpoint, now: Instant) {
+        match cmd {
+            Command::Connect {
+                addr,
+                expected,
+                reply,
+            } => {
+                let id = endpoint.connect(addr, expected, now);
+                let _ = reply.send(id);
+            }
+            Command::Close(id) => endpoint.close(id),
+            Command::SetRevoked(serials) => endpoint.set_revoked(serials),
+            Command::Status(reply) => {
+                let list = endpoint
+                    .tunnels()
+                    .map(|id| TunnelStatus {
+                        id,
+                        interface: self.interface(id).map(str::to_owned),
+                        peer: endpoint.peer(id).map(|p| p.prefix),
+                        addr: endpoint.addr(id),
+                        stats: endpoint.stats(id).unwrap_or_default(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+        }
+    }
+
+    /// Applies an endpoint event to the interfaces (see
+    /// [`Self::handle_event`]) and returns what the owner of the tunnels is
+    /// told, if anything. A tunnel whose interface cannot be created is
+    /// closed (its `Down` event follows) and not reported up.
+    pub fn publish(&mut self, ev: Event, endpoint: &mut Endpoint) -> Option<TunnelEvent> {
+        let interface = match &ev {
+            Event::Down { id, .. } => self.interface(*id).map(str::to_owned),
+            _ => None,
+        };
+        if let Err(e) = self.handle_event(&ev, endpoint) {
+            if let Event::Up { id, .. } = &ev {
+                tracing::error!(tunnel = %id, "cannot create the tunnel interface: {e}");
+                endpoint.close(*id);
+            }
+            return None;
+        }
+        match ev {
+            Event::Up {
+                id,
+                peer,
+                addr,
+                initiated,
+            } => Some(TunnelEvent::Up {
+                id,
+                interface: self.interface(id).unwrap_or_default().to_owned(),
+                peer,
+                addr,
+                initiated,
+            }),
+            Event::Down { id, reason } => Some(TunnelEvent::Down {
+                id,
+                interface,
+                reason,
+            }),
+            Event::Roamed { id, addr } => Some(TunnelEvent::Roamed { id, addr }),
+            Event::Refused { addr, error } => Some(TunnelEvent::Refused { addr, error }),
+            Event::Keys { .. } => None,
+        }
     }
 
     /// Queues a decrypted packet for the tunnel's interface.

@@ -33,11 +33,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 
 use super::datapath::{Transmit, TunnelManager, TxBatch};
-use super::endpoint::{Endpoint, Event, Received};
+use super::endpoint::{Endpoint, Received};
 use super::framing::{RecordDecoder, RecordEncoder, MAX_RECORD_LIMIT};
 use super::handshake::Credentials;
 use super::wire::MAX_HANDSHAKE_LEN;
-use super::{Command, DownReason, TunnelEvent, TunnelId, TunnelStatus, Tunnels, TunnelsConfig};
+use super::{Command, DownReason, TunnelEvent, TunnelId, Tunnels, TunnelsConfig};
 
 /// Bytes of framed records a connection buffers before its writers wait.
 pub const SEND_BUFFER: usize = 256 * 1024;
@@ -431,34 +431,11 @@ impl Driver {
     }
 
     fn command(&mut self, cmd: Command) {
-        let now = Instant::now();
-        match cmd {
-            Command::Connect {
-                addr,
-                expected,
-                reply,
-            } => {
-                self.initiated.insert(addr);
-                let id = self.endpoint.connect(addr, expected, now);
-                let _ = reply.send(id);
-            }
-            Command::Close(id) => self.endpoint.close(id),
-            Command::SetRevoked(serials) => self.endpoint.set_revoked(serials),
-            Command::Status(reply) => {
-                let list = self
-                    .endpoint
-                    .tunnels()
-                    .map(|id| TunnelStatus {
-                        id,
-                        interface: self.manager.interface(id).map(str::to_owned),
-                        peer: self.endpoint.peer(id).map(|p| p.prefix),
-                        addr: self.endpoint.addr(id),
-                        stats: self.endpoint.stats(id).unwrap_or_default(),
-                    })
-                    .collect();
-                let _ = reply.send(list);
-            }
+        if let Command::Connect { addr, .. } = &cmd {
+            self.initiated.insert(*addr);
         }
+        self.manager
+            .command(cmd, &mut self.endpoint, Instant::now());
     }
 
     /// Sends one message from the endpoint (a handshake or control
@@ -519,35 +496,15 @@ impl Driver {
             self.send_control(dst, &out[..n]);
         }
         while let Some(ev) = self.endpoint.poll_event() {
-            let iface = match &ev {
-                Event::Down { id, .. } => self.manager.interface(*id).map(str::to_owned),
-                _ => None,
-            };
-            if let Err(e) = self.manager.handle_event(&ev, &self.endpoint) {
-                if let Event::Up { id, .. } = &ev {
-                    tracing::error!(tunnel = %id, "cannot create the tunnel interface: {e}");
-                    self.endpoint.close(*id);
-                }
+            let Some(public) = self.manager.publish(ev, &mut self.endpoint) else {
                 continue;
-            }
-            let public = match ev {
-                Event::Up {
-                    id,
-                    peer,
-                    addr,
-                    initiated,
-                } => Some({
-                    self.tunnel_addrs.insert(id, addr);
-                    TunnelEvent::Up {
-                        id,
-                        interface: self.manager.interface(id).unwrap_or_default().to_owned(),
-                        peer,
-                        addr,
-                        initiated,
-                    }
-                }),
-                Event::Down { id, reason } => {
-                    if let Some(addr) = self.tunnel_addrs.remove(&id) {
+            };
+            match &public {
+                TunnelEvent::Up { id, addr, .. } | TunnelEvent::Roamed { id, addr } => {
+                    self.tunnel_addrs.insert(*id, *addr);
+                }
+                TunnelEvent::Down { id, reason, .. } => {
+                    if let Some(addr) = self.tunnel_addrs.remove(id) {
                         // a silent peer's connection goes with its tunnel
                         let used = self.tunnel_addrs.values().any(|a| *a == addr);
                         if matches!(reason, DownReason::Timeout(_)) && !used {
@@ -555,22 +512,10 @@ impl Driver {
                             self.transmit.remove(addr);
                         }
                     }
-                    Some(TunnelEvent::Down {
-                        id,
-                        interface: iface,
-                        reason,
-                    })
                 }
-                Event::Roamed { id, addr } => {
-                    self.tunnel_addrs.insert(id, addr);
-                    Some(TunnelEvent::Roamed { id, addr })
-                }
-                Event::Refused { addr, error } => Some(TunnelEvent::Refused { addr, error }),
-                Event::Keys { .. } => None,
-            };
-            if let Some(e) = public {
-                let _ = self.events.send(e);
+                TunnelEvent::Refused { .. } => {}
             }
+            let _ = self.events.send(public);
         }
         while let Some((dst, n)) = self.endpoint.poll_transmit(out) {
             self.send_control(dst, &out[..n]);

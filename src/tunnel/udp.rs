@@ -15,11 +15,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::datapath::{Transmit, TunnelManager, TxBatch};
-use super::endpoint::{Endpoint, Event, Received};
+use super::endpoint::{Endpoint, Received};
 use super::handshake::Credentials;
 use super::sys::udp::{self as sys, RecvBatch, MAX_DATAGRAM};
 use super::wire::MAX_HANDSHAKE_LEN;
-use super::{Command, TunnelEvent, TunnelStatus, Tunnels, TunnelsConfig};
+use super::{Command, TunnelEvent, Tunnels, TunnelsConfig};
 
 /// Sends sealed messages as UDP datagrams, with GSO when available.
 #[derive(Debug)]
@@ -207,33 +207,8 @@ impl Driver {
     }
 
     fn command(&mut self, cmd: Command) {
-        let now = Instant::now();
-        match cmd {
-            Command::Connect {
-                addr,
-                expected,
-                reply,
-            } => {
-                let id = self.endpoint.connect(addr, expected, now);
-                let _ = reply.send(id);
-            }
-            Command::Close(id) => self.endpoint.close(id),
-            Command::SetRevoked(serials) => self.endpoint.set_revoked(serials),
-            Command::Status(reply) => {
-                let list = self
-                    .endpoint
-                    .tunnels()
-                    .map(|id| TunnelStatus {
-                        id,
-                        interface: self.manager.interface(id).map(str::to_owned),
-                        peer: self.endpoint.peer(id).map(|p| p.prefix),
-                        addr: self.endpoint.addr(id),
-                        stats: self.endpoint.stats(id).unwrap_or_default(),
-                    })
-                    .collect();
-                let _ = reply.send(list);
-            }
-        }
+        self.manager
+            .command(cmd, &mut self.endpoint, Instant::now());
     }
 
     async fn drain(&mut self, out: &mut [u8]) {
@@ -241,40 +216,7 @@ impl Driver {
             let _ = self.transmit.send_one(dst, &out[..n]).await;
         }
         while let Some(ev) = self.endpoint.poll_event() {
-            let iface = match &ev {
-                Event::Down { id, .. } => self.manager.interface(*id).map(str::to_owned),
-                _ => None,
-            };
-            if let Err(e) = self.manager.handle_event(&ev, &self.endpoint) {
-                if let Event::Up { id, .. } = &ev {
-                    tracing::error!(tunnel = %id, "cannot create the tunnel interface: {e}");
-                    self.endpoint.close(*id);
-                }
-                continue;
-            }
-            let public = match ev {
-                Event::Up {
-                    id,
-                    peer,
-                    addr,
-                    initiated,
-                } => Some(TunnelEvent::Up {
-                    id,
-                    interface: self.manager.interface(id).unwrap_or_default().to_owned(),
-                    peer,
-                    addr,
-                    initiated,
-                }),
-                Event::Down { id, reason } => Some(TunnelEvent::Down {
-                    id,
-                    interface: iface,
-                    reason,
-                }),
-                Event::Roamed { id, addr } => Some(TunnelEvent::Roamed { id, addr }),
-                Event::Refused { addr, error } => Some(TunnelEvent::Refused { addr, error }),
-                Event::Keys { .. } => None,
-            };
-            if let Some(e) = public {
+            if let Some(e) = self.manager.publish(ev, &mut self.endpoint) {
                 let _ = self.events.send(e);
             }
         }
