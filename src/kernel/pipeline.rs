@@ -69,7 +69,7 @@ pub fn acknowledgements(datagram: &[u8]) -> impl Iterator<Item = Ack> + '_ {
         if let NetlinkPayload::Error(e) = message.payload {
             return Some(Ack {
                 sequence: message.header.sequence_number,
-                errno: e.code.map(|c| c.get().abs()),
+                errno: e.code.map(|c| c.get().saturating_abs()),
             });
         }
     })
@@ -324,5 +324,29 @@ mod tests {
             );
         }
         assert_eq!(acknowledgements(&[]).count(), 0);
+    }
+
+    /// Found by the fuzzer: an error code of i32::MIN cannot be negated;
+    /// it must come out as an errno, not a panic.
+    #[test]
+    fn error_code_of_i32_min_does_not_panic() {
+        let mut d = Vec::new();
+        d.extend_from_slice(&36u32.to_ne_bytes()); // length
+        d.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+        d.extend_from_slice(&0x100u16.to_ne_bytes()); // NLM_F_CAPPED
+        d.extend_from_slice(&9u32.to_ne_bytes()); // sequence
+        d.extend_from_slice(&0u32.to_ne_bytes()); // port
+        d.extend_from_slice(&i32::MIN.to_ne_bytes()); // error code
+        d.extend_from_slice(&[0x20, 0, 0, 0, 24, 0, 5, 5]);
+        d.extend_from_slice(&9u32.to_ne_bytes());
+        d.extend_from_slice(&0u32.to_ne_bytes());
+        let acks: Vec<_> = acknowledgements(&d).collect();
+        assert_eq!(
+            acks,
+            [Ack {
+                sequence: 9,
+                errno: Some(i32::MAX),
+            }]
+        );
     }
 }
