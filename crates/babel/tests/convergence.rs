@@ -492,4 +492,3 @@ fn lossy_wireless_segment_converges() {
         }
     }
 }
-
