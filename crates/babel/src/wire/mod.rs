@@ -3,8 +3,10 @@
 //!
 //! Every format has two layers, as in smoltcp:
 //!
-//! - zero-copy *views* ([`Packet`], [`TlvBuf`], [`SubTlvBuf`]) over a byte
-//!   buffer, whose checked constructor guarantees that no accessor panics;
+//! - zero-copy *views* over a byte buffer ([`Packet`] for the header,
+//!   [`TlvBuf`] and [`SubTlvBuf`] for type and length, [`UpdateView`],
+//!   [`HelloView`] and friends for each TLV's fixed fields), whose checked
+//!   constructor guarantees that no accessor panics;
 //! - typed *representations* ([`Tlv`] and its structs) that borrow from the
 //!   input, with `parse`, `emit` and `buffer_len`.
 //!
@@ -36,6 +38,10 @@ pub use tlv::{
     Ack, AckReq, ChallengeReply, ChallengeRequest, DropReason, Dropped, Hello, Ihu, IhuTimestamp,
     Mac, NextHop, ParseState, Pc, RouteRequest, RouterId, SeqnoRequest, Tlv, TlvBuf, TlvType, Tlvs,
     Unknown, Update, INFINITY,
+};
+pub use tlv::{
+    AckReqView, AckView, HelloView, IhuView, NextHopView, PcView, RouteRequestView, RouterIdView,
+    SeqnoRequestView, UpdateView,
 };
 
 /// A malformed Babel packet, TLV or sub-TLV.

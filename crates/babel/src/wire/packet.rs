@@ -134,6 +134,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+impl<'a> Packet<&'a [u8]> {
+    /// The body TLVs, borrowing the buffer rather than the view.
+    pub fn into_tlvs(self) -> Tlvs<'a> {
+        let len = usize::from(self.body_len());
+        Tlvs::new(&self.buffer[HEADER_LEN..HEADER_LEN + len])
+    }
+
+    /// The trailer TLVs, borrowing the buffer rather than the view.
+    pub fn into_trailer_tlvs(self) -> Tlvs<'a> {
+        let len = usize::from(self.body_len());
+        Tlvs::new(&self.buffer[HEADER_LEN + len..])
+    }
+}
+
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Writes magic, version and body length.
     ///
@@ -407,6 +421,40 @@ mod tests {
             b.push(&Tlv::Update(update("2001:db8:1::/48", 1))),
             Err(BuildError::TooBig)
         );
+    }
+
+    #[test]
+    fn builder_keeps_trailer_room_and_next_hop_context() {
+        // 4 header + 12 router-id + 18 update = 34 bytes of packet; a
+        // 34-byte trailer reservation leaves no room in 60 bytes.
+        let mut buf = [0u8; 128];
+        let mut b = PacketBuilder::new(&mut buf, 60, 34);
+        assert_eq!(
+            b.push(&Tlv::Update(update("2001:db8:1::/48", 1))),
+            Err(BuildError::TooBig)
+        );
+        let mut b = PacketBuilder::new(&mut buf, 68, 34);
+        b.push(&Tlv::Update(update("2001:db8:1::/48", 1))).unwrap();
+        assert_eq!(b.remaining(), 0);
+
+        // An explicit next hop cannot be followed by "the sender" within
+        // one packet: the builder asks for a new packet.
+        let mut b = PacketBuilder::new(&mut buf, 128, 0);
+        let mut via = update("2001:db8:1::/48", 1);
+        via.next_hop = Some("fe80::9".parse().unwrap());
+        b.push(&Tlv::Update(via)).unwrap();
+        b.push(&Tlv::Update(via)).unwrap();
+        assert_eq!(
+            b.push(&Tlv::Update(update("2001:db8:2::/48", 1))),
+            Err(BuildError::Full)
+        );
+        let n = b.finish();
+        let next_hops = Packet::new_checked(&buf[..n])
+            .unwrap()
+            .into_tlvs()
+            .filter(|t| matches!(t, Ok(Tlv::NextHop(_))))
+            .count();
+        assert_eq!(next_hops, 1);
     }
 
     #[test]
