@@ -1251,6 +1251,11 @@ impl Router {
                 }
             }
             None => {
+                // Most destinations have one route: start with room for one
+                // (Vec would reserve four).
+                if entry.routes.capacity() == 0 {
+                    entry.routes.reserve_exact(1);
+                }
                 entry.routes.push(Route {
                     neighbour: id,
                     router_id,
