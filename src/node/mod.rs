@@ -8,11 +8,14 @@
 //!   326 between re6st addresses (address exchange, configuration version
 //!   gossip, tunnel retirement, node info, topology).
 //! - [`cache`]: the peer cache, an SQLite database in the state directory.
+//! - [`control`]: the control API on a Unix socket (`re6st status`, the
+//!   registry's bootstrap and admin views).
 //!
 //! [`Address`] and [`Proto`] describe where a node can be reached; they are
 //! shared by all three.
 
 pub mod cache;
+pub mod control;
 pub mod peer_proto;
 pub mod policy;
 
