@@ -10,12 +10,14 @@
 //! - [`cache`]: the peer cache, an SQLite database in the state directory.
 //! - [`control`]: the control API on a Unix socket (`re6st status`, the
 //!   registry's bootstrap and admin views).
+//! - [`options`]: `re6st node`'s flags and configuration file.
 //!
 //! [`Address`] and [`Proto`] describe where a node can be reached; they are
 //! shared by all three.
 
 pub mod cache;
 pub mod control;
+pub mod options;
 pub mod peer_proto;
 pub mod policy;
 
