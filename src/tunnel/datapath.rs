@@ -135,7 +135,7 @@ pub trait Transmit: Send + Sync + 'static {
 /// An update for a tunnel's encrypting task.
 #[derive(Debug)]
 enum TxUpdate {
-    Keys(Arc<Sender>),
+    Keys(Option<Arc<Sender>>),
     Addr(SocketAddr),
 }
 
@@ -465,7 +465,7 @@ async fn encrypt_loop<T: Transmit>(
         }
         while let Ok(u) = updates.try_recv() {
             match u {
-                TxUpdate::Keys(s) => sender = Some(s),
+                TxUpdate::Keys(s) => sender = s,
                 TxUpdate::Addr(a) => addr = Some(a),
             }
         }

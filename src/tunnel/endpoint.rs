@@ -107,12 +107,14 @@ pub enum Event {
         initiated: bool,
     },
     /// A tunnel has a new session (first one, or a rekey): the encrypting
-    /// task must switch to this sender.
+    /// task must switch to this sender. `None`: the session expired
+    /// (`reject_after`) before a rekey succeeded; the task must stop
+    /// sending (the peer would drop the packets) until new keys arrive.
     Keys {
         /// The tunnel.
         id: TunnelId,
-        /// The sender of the new session.
-        sender: Arc<Sender>,
+        /// The sender of the new session, if any.
+        sender: Option<Arc<Sender>>,
     },
     /// A tunnel's peer now sends from another address.
     Roamed {
@@ -594,6 +596,10 @@ impl Endpoint {
             t.retry_at = None;
             self.start_handshake(id, now);
         }
+        let was_established = self
+            .tunnels
+            .get(&id)
+            .is_some_and(|t| t.sessions.is_established());
         loop {
             let Some(t) = self.tunnels.get_mut(&id) else {
                 return;
@@ -624,8 +630,12 @@ impl Endpoint {
                 }
             }
         }
-        // Session expired (reject_after) without a replacement: rehandshake.
+        // Session expired (reject_after) without a replacement: the
+        // encrypting task drops its sender, and we rehandshake.
         if let Some(t) = self.tunnels.get(&id) {
+            if was_established && !t.sessions.is_established() {
+                self.events.push_back(Event::Keys { id, sender: None });
+            }
             if !t.sessions.is_established() && t.peer.is_some() && t.initiator.is_none() {
                 self.start_handshake(id, now);
             }
@@ -694,7 +704,10 @@ impl Endpoint {
                     addr: from,
                     initiated: t.initiated,
                 });
-                self.events.push_back(Event::Keys { id, sender });
+                self.events.push_back(Event::Keys {
+                    id,
+                    sender: Some(sender),
+                });
             }
         }
         match plain.first().map(|b| b >> 4) {
@@ -895,7 +908,10 @@ impl Endpoint {
             if moved {
                 self.events.push_back(Event::Roamed { id, addr: from });
             }
-            self.events.push_back(Event::Keys { id, sender });
+            self.events.push_back(Event::Keys {
+                id,
+                sender: Some(sender),
+            });
         } else if !initiator {
             // We are the responder: the initiator proved its key in Finish.
             t.confirmed = true;
@@ -907,7 +923,10 @@ impl Endpoint {
                 addr: from,
                 initiated: t.initiated,
             });
-            self.events.push_back(Event::Keys { id, sender });
+            self.events.push_back(Event::Keys {
+                id,
+                sender: Some(sender),
+            });
         }
     }
 }
@@ -928,6 +947,8 @@ mod tests {
         a_events: Vec<Event>,
         b_events: Vec<Event>,
         delivered: Vec<(bool, Vec<u8>)>,
+        /// Lose every handshake message (data still flows).
+        drop_handshakes: bool,
     }
 
     impl Sim {
@@ -946,16 +967,21 @@ mod tests {
                 a_events: Vec::new(),
                 b_events: Vec::new(),
                 delivered: Vec::new(),
+                drop_handshakes: false,
             }
         }
 
         /// Moves messages between the endpoints until both are quiet.
         fn pump(&mut self) {
             let mut buf = [0u8; 4096];
+            let data = super::super::wire::MessageType::Data.code();
             for _ in 0..100 {
                 let mut moved = false;
                 while let Some((dst, n)) = self.a.poll_transmit(&mut buf) {
                     moved = true;
+                    if self.drop_handshakes && buf[0] != data {
+                        continue;
+                    }
                     if dst == self.b_addr {
                         if let Received::Packet { packet, .. } =
                             self.b
@@ -967,6 +993,9 @@ mod tests {
                 }
                 while let Some((dst, n)) = self.b.poll_transmit(&mut buf) {
                     moved = true;
+                    if self.drop_handshakes && buf[0] != data {
+                        continue;
+                    }
                     if dst == self.a_addr {
                         if let Received::Packet { packet, .. } =
                             self.a
@@ -1083,6 +1112,52 @@ mod tests {
         assert!(matches!(
             s.b.handle_datagram(s.a_addr, &mut m3, s.now, s.wall),
             Received::Packet { .. }
+        ));
+    }
+
+    #[test]
+    fn an_expired_session_withdraws_the_sender_until_a_rekey_succeeds() {
+        let net = TestNet::new();
+        let timing = Timing {
+            rekey_after: Duration::from_secs(10),
+            reject_after: Duration::from_secs(15),
+            dead_after: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(600),
+            ..Timing::default()
+        };
+        let mut s = Sim::new(&net, timing);
+        let id = s.a.connect(s.b_addr, Some("2/16".parse().unwrap()), s.now);
+        s.pump();
+        s.advance(Duration::from_millis(10));
+        assert_eq!(ups(&s.a_events), 1);
+        let senders = |events: &[Event]| -> Vec<bool> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Keys { sender, .. } => Some(sender.is_some()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(senders(&s.a_events), [true]);
+        // Rekeys fail: past reject_after the sender is withdrawn, the
+        // tunnel is not reported down (the peer is alive) and no data can
+        // be sealed with the expired keys.
+        s.drop_handshakes = true;
+        s.advance(Duration::from_secs(16));
+        assert_eq!(senders(&s.a_events), [true, false]);
+        assert!(s.a.sender(id).is_none());
+        assert!(downs(&s.a_events).is_empty());
+        // Handshakes get through again: new keys, and data flows.
+        s.drop_handshakes = false;
+        s.advance(Duration::from_secs(3));
+        assert_eq!(senders(&s.a_events).last(), Some(&true));
+        let bid = s.b.tunnels().next().unwrap();
+        let pkt = [0x60u8, 0, 0, 0, 0, 0, 59, 64];
+        let (_, mut m) = send(&s.a, id, &pkt);
+        assert!(matches!(
+            s.b.handle_datagram(s.a_addr, &mut m, s.now, s.wall),
+            Received::Packet { id, .. } if id == bid
         ));
     }
 
