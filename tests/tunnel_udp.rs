@@ -5,8 +5,10 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use re6st::pki::{self, Ca, Csr, IssueRequest, Network};
+use re6st::pki::{self, Ca, Csr, IssueRequest, Network, NodeCert, Verifier};
 use re6st::testbed::{require_root, veth, Netns, NsChild};
+use re6st::tunnel::handshake::{Credentials, Initiator};
+use re6st::tunnel::wire::{MessageType, INIT_LEN};
 
 #[path = "common/link.rs"]
 mod link;
@@ -456,4 +458,104 @@ fn throughput() {
         .unwrap();
     let text = String::from_utf8_lossy(&ping.stdout);
     eprintln!("tunnel ping: {}", text.lines().last().unwrap_or(""));
+}
+
+/// Handshake `Init`s (valid mac1, fresh ephemeral keys) sent by a third host
+/// as fast as 40 per 10 ms allows, for 5 s: the listener must switch to cookie challenges instead
+/// of answering them all, and the established tunnel keeps carrying a 10 Hz
+/// ping.
+#[test]
+fn a_handshake_flood_is_challenged_and_does_not_starve_the_tunnel() {
+    if !require_root("a_handshake_flood_is_challenged_and_does_not_starve_the_tunnel") {
+        return;
+    }
+    let mut pki = Pki::new();
+    let t = two(&mut pki, &[]);
+    assert_logged(&t.la, "up: interface re6st-0, peer 2/16", 1, 20);
+    assert_logged(&t.lb, "up: interface re6st-0, peer 1/16", 1, 20);
+    t.overlay();
+    assert!(ping(&t.a, "fd77::2"), "{}", log_text(&t.la));
+
+    let c = Netns::new("tun-c").unwrap();
+    veth(&t.b, "vbc", &c, "vc").unwrap();
+    t.b.exec("ip", &["addr", "add", "10.78.0.2/24", "dev", "vbc"])
+        .unwrap();
+    c.exec("ip", &["addr", "add", "10.78.0.3/24", "dev", "vc"])
+        .unwrap();
+    let flooder = pki.node("3/16");
+    let ca_pem = std::fs::read_to_string(pki.ca_path()).unwrap();
+    let creds = Credentials::new(
+        &pki::load_key(&flooder.key).unwrap(),
+        NodeCert::from_pem(&std::fs::read_to_string(&flooder.cert).unwrap()).unwrap(),
+        pki.ca.cert_der(),
+        Verifier::new(&ca_pem).unwrap(),
+    )
+    .unwrap();
+
+    let pinger =
+        t.a.command("ping")
+            .args(["-6", "-i", "0.1", "-c", "70", "-W", "1", "fd77::2"])
+            .output();
+    let pinger = std::thread::spawn(move || pinger);
+    std::thread::sleep(Duration::from_millis(500));
+    let (sent, cookies, responses) = c
+        .block_on(|| async {
+            let sock = tokio::net::UdpSocket::bind("10.78.0.3:0").await.unwrap();
+            let target: std::net::SocketAddr = "10.78.0.2:5000".parse().unwrap();
+            let (mut sent, mut cookies, mut responses) = (0u64, 0u64, 0u64);
+            let mut out = [0u8; 512];
+            let mut reply = [0u8; 2048];
+            let start = Instant::now();
+            let mut index = 1u32;
+            while start.elapsed() < Duration::from_secs(5) {
+                for _ in 0..40 {
+                    index = index.wrapping_add(1);
+                    let (_, n) =
+                        Initiator::start(&creds, index, None, None, Instant::now(), &mut out)
+                            .unwrap();
+                    assert_eq!(n, INIT_LEN);
+                    if sock.send_to(&out[..n], target).await.is_ok() {
+                        sent += 1;
+                    }
+                }
+                while let Ok((n, _)) = sock.try_recv_from(&mut reply) {
+                    match reply[..n].first() {
+                        Some(&t) if t == MessageType::CookieReply.code() => cookies += 1,
+                        Some(&t) if t == MessageType::Response.code() => responses += 1,
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (sent, cookies, responses)
+        })
+        .unwrap();
+    let out = pinger.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received: u32 = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "flood: {sent} inits sent, {cookies} cookie replies, {responses} responses; \
+         tunnel ping: {received}/70 received"
+    );
+    // The listener answers fully at most `load_threshold` (64) inits a
+    // second, and challenges the rest.
+    assert!(sent > 1_000, "the flood did not go out: {sent}");
+    assert!(
+        cookies > sent / 2,
+        "{cookies} cookie challenges for {sent} inits"
+    );
+    assert!(
+        responses < 6 * 64,
+        "{responses} of {sent} inits got a full handshake response"
+    );
+    assert!(
+        received >= 63,
+        "the tunnel starved during the flood: {received}/70\n{text}"
+    );
 }
