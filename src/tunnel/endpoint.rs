@@ -974,7 +974,7 @@ mod tests {
         /// Moves messages between the endpoints until both are quiet.
         fn pump(&mut self) {
             let mut buf = [0u8; 4096];
-            let data = super::super::wire::MessageType::Data.code();
+            let data = MessageType::Data.code();
             for _ in 0..100 {
                 let mut moved = false;
                 while let Some((dst, n)) = self.a.poll_transmit(&mut buf) {
