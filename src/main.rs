@@ -31,6 +31,9 @@ enum Command {
     /// transport (tests and benchmarks).
     #[command(hide = true)]
     Tunnel(cmd::tunnel::TunnelArgs),
+    /// A registry and N nodes in network namespaces on this machine,
+    /// converging into a mesh (needs root).
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Conf(a) => cmd::conf::run(a),
         Command::Babel(args) => cmd::babel::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
