@@ -11,12 +11,15 @@
 //! - [`control`]: the control API on a Unix socket (`re6st status`, the
 //!   registry's bootstrap and admin views).
 //! - [`options`]: `re6st node`'s flags and configuration file.
+//! - [`mesh`]: the node's runtime loop, which drives all of the above with
+//!   real transports, the Babel router and the kernel.
 //!
 //! [`Address`] and [`Proto`] describe where a node can be reached; they are
 //! shared by all three.
 
 pub mod cache;
 pub mod control;
+pub mod mesh;
 pub mod options;
 pub mod peer_proto;
 pub mod policy;
