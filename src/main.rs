@@ -25,6 +25,8 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Enroll this machine: fetch the CA and a certificate from a registry.
     Conf(cmd::conf::ConfArgs),
+    /// Show the running node's state (over its control socket).
+    Status(cmd::status::StatusArgs),
     /// Run the Babel router standalone on some interfaces (like babeld).
     Babel(cmd::babel::Args),
     /// Bring up tunnels without the node: a throw-away PKI, tunnels of one
@@ -33,6 +35,9 @@ enum Command {
     Tunnel(cmd::tunnel::TunnelArgs),
     /// Run the node: join the mesh and route for it.
     Node(cmd::node::NodeCmd),
+    /// A registry and N nodes in network namespaces on this machine,
+    /// converging into a mesh (needs root).
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,9 +49,11 @@ fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Registry(a) => cmd::registry::run(a),
         Command::Conf(a) => cmd::conf::run(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Babel(args) => cmd::babel::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
         Command::Node(a) => return cmd::node::main(a, cli.verbose),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@
 //! - [`cache`]: the peer cache, an SQLite database in the state directory.
 //! - [`control`]: the control API on a Unix socket (`re6st status`, the
 //!   registry's bootstrap and admin views).
+//! - [`metrics`]: Prometheus metrics over HTTP, rendered from the control
+//!   API's status.
 //! - [`options`]: `re6st node`'s flags and configuration file.
 //! - [`mesh`]: the node's runtime loop, which drives all of the above with
 //!   real transports, the Babel router and the kernel.
@@ -24,6 +26,7 @@ pub mod cache;
 pub mod control;
 pub mod hooks;
 pub mod mesh;
+pub mod metrics;
 pub mod options;
 pub mod peer_proto;
 pub mod policy;
