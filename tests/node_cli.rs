@@ -2,7 +2,7 @@
 //! and exit status 2 (no root needed); in a network namespace, against a
 //! real registry, a node adds its address and unreachable route, answers
 //! on its control socket, runs `--up` and `--daemon` with the node's
-//! environment, and leaves nothing behind after SIGTERM; after `kill -9`
+//! environment, serves `re6st status` and metrics, and leaves nothing behind after SIGTERM; after `kill -9`
 //! a restart removes the leftovers, from the cached configuration when the
 //! registry is down. Against a registry on loopback (no root): revocation,
 //! SIGTERM while waiting for an unreachable registry, renewal.
@@ -404,8 +404,45 @@ fn a_node_sets_up_answers_runs_hooks_and_cleans_up() {
         up_out.display()
     );
     let daemon = format!("echo $$ > {}; exec sleep 1000", daemon_pid.display());
-    let node = site.start_node(&["--up", &up, "--daemon", &daemon]);
+    let node = site.start_node(&[
+        "--up",
+        &up,
+        "--daemon",
+        &daemon,
+        "--metrics",
+        "127.0.0.1:9100",
+    ]);
     site.wait_up(address);
+
+    // `re6st status` reads the same socket.
+    let out = Command::new(RE6ST)
+        .args(["status", "--run", path(&site.path("run"))])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&address.to_string()), "{text}");
+
+    // The metrics exporter answers inside the namespace.
+    let scrape = site
+        .ns
+        .block_on(|| async {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut s = tokio::net::TcpStream::connect("127.0.0.1:9100").await?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).await?;
+            std::io::Result::Ok(body)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(scrape.contains("re6st_config_version"), "{scrape}");
 
     // The control socket answers with our identity.
     let status = site.status();
