@@ -414,6 +414,32 @@ fn a_node_sets_up_answers_runs_hooks_and_cleans_up() {
     ]);
     site.wait_up(address);
 
+    // A second node in the same namespace (another run directory) refuses
+    // to start, and leaves the first one alone.
+    let second = site
+        .ns
+        .command(RE6ST)
+        .args(["node", "--config", path(&site.path("node/re6st.toml"))])
+        .args([
+            "--state",
+            path(&site.path("state2")),
+            "--run",
+            path(&site.path("run2")),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("re6st node: another re6st node is running in this network namespace"),
+        "{stderr}"
+    );
+    assert!(
+        site.our_routes().contains("unreachable"),
+        "the first node's route stays"
+    );
+
     // `re6st status` reads the same socket.
     let out = Command::new(RE6ST)
         .args(["status", "--run", path(&site.path("run"))])

@@ -198,6 +198,8 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
         () = signals.recv() => return Ok(MeshExit::Stopped),
     };
 
+    // From here on we change the namespace's kernel state: one node only.
+    let _namespace = startup::claim_namespace()?;
     let kernel = Kernel::connect().context("netlink")?;
     let leftovers = startup::remove_leftovers(&kernel, addrs.address).await?;
     if !leftovers.is_empty() {

@@ -23,8 +23,11 @@
 //!    current certificate ([`Renewal::NotYet`]): the node asks again daily.
 //!    While the node runs, `re6st node` renews in the background when the
 //!    time comes and restarts the mesh loop with the new certificate.
-//! 5. [`check_not_running`]: refuse to start when another node answers on
-//!    the control socket of the same run directory.
+//! 5. [`check_not_running`] (before the configuration) and
+//!    [`claim_namespace`] (before touching the kernel): refuse to start when
+//!    another node answers on the control socket of the same run directory,
+//!    or runs in the same network namespace (an abstract Unix socket,
+//!    `@re6st-node`, marks it).
 //! 6. [`remove_leftovers`]: what a crashed run may have left: interfaces
 //!    named `re6st-*` (the prefix is reserved for our tunnels), every route
 //!    with protocol [`RTPROT_RE6ST`](crate::kernel::RTPROT_RE6ST) (61), and
@@ -155,6 +158,9 @@ pub enum StartupError {
     /// directory.
     #[error("another re6st node is running: {0} answers (use another --run directory)")]
     AlreadyRunning(PathBuf),
+    /// Another node runs in this network namespace.
+    #[error("another re6st node is running in this network namespace")]
+    NamespaceTaken,
     /// The control socket could not be created.
     #[error("control socket {path}: {source}")]
     Control {
@@ -720,6 +726,38 @@ pub async fn check_not_running(run: &Path) -> Result<(), StartupError> {
         return Err(StartupError::AlreadyRunning(path));
     }
     Ok(())
+}
+
+/// The name of the abstract Unix socket that marks a running node in a
+/// network namespace.
+pub const NAMESPACE_LOCK: &str = "re6st-node";
+
+/// Held while a node runs: an abstract Unix socket, which exists once per
+/// network namespace and vanishes with the process (even on `kill -9`).
+/// It keeps a second node in the same namespace (whatever its run
+/// directory) from taking the first one's leftovers for its own.
+#[derive(Debug)]
+pub struct NamespaceLock {
+    _socket: std::os::unix::net::UnixListener,
+}
+
+/// Claims this network namespace for our node.
+pub fn claim_namespace() -> Result<NamespaceLock, StartupError> {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let addr =
+        SocketAddr::from_abstract_name(NAMESPACE_LOCK).map_err(|source| StartupError::Control {
+            path: PathBuf::from(format!("@{NAMESPACE_LOCK}")),
+            source,
+        })?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(socket) => Ok(NamespaceLock { _socket: socket }),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(StartupError::NamespaceTaken),
+        Err(source) => Err(StartupError::Control {
+            path: PathBuf::from(format!("@{NAMESPACE_LOCK}")),
+            source,
+        }),
+    }
 }
 
 /// Creates the run directory (mode 0755) and binds the control socket.
