@@ -5,7 +5,8 @@
 //! environment, serves `re6st status` and metrics, and leaves nothing behind after SIGTERM; after `kill -9`
 //! a restart removes the leftovers, from the cached configuration when the
 //! registry is down. Against a registry on loopback (no root): revocation,
-//! SIGTERM while waiting for an unreachable registry, renewal.
+//! SIGTERM while waiting for an unreachable registry, log reopening on
+//! SIGHUP, renewal.
 
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
@@ -720,13 +721,14 @@ fn a_revoked_node_says_so_and_exits_1() {
 }
 
 #[test]
-fn sigterm_while_waiting_for_the_registry_stops_cleanly() {
+fn sigterm_while_waiting_for_the_registry_stops_cleanly_and_sighup_reopens_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("n");
     pki(&node, "1");
+    let log = dir.path().join("node.log");
+    let rotated = dir.path().join("node.log.1");
     // Nothing listens on port 1: the registry is unreachable and no
     // configuration is cached, so the node keeps retrying.
-    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
     let mut child = Command::new(RE6ST)
         .args([
             "node",
@@ -742,33 +744,65 @@ fn sigterm_while_waiting_for_the_registry_stops_cleanly() {
             path(&node.join("state")),
             "--run",
             path(&node.join("run")),
+            "--log",
+            path(&log),
         ])
-        .stderr(log)
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let read_log = || std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while read_log().matches("retrying in").count() < 2 {
-        assert!(Instant::now() < deadline, "no retries:\n{}", read_log());
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "exited:\n{}",
-            read_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\n{}{}",
+                read(&rotated),
+                read(&log)
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "exited:\n{}",
+                read(&log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("retries", &|| {
+        read(&log).matches("retrying in").count() >= 2
+    });
+
+    // Log rotation: the file is moved away, SIGHUP makes a new one.
+    std::fs::rename(&log, &rotated).unwrap();
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    wait_for("a reopened log", &|| {
+        read(&log).contains("SIGHUP: log file reopened")
+    });
+    wait_for("retries in the new log", &|| {
+        read(&log).contains("retrying in")
+    });
+
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "did not stop:\n{}", read_log());
+        assert!(Instant::now() < deadline, "did not stop:\n{}", read(&log));
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(0), "{}", read_log());
-    assert!(read_log().contains("SIGTERM: stopping"), "{}", read_log());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", read(&log));
+    assert_eq!(stderr, "", "with --log nothing goes to stderr");
+    let text = read(&log);
+    assert!(text.contains("SIGTERM: stopping"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal colours in the log file"
+    );
+    assert!(read(&rotated).contains("no cached configuration"));
 }
 
 #[test]
