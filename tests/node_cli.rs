@@ -347,13 +347,13 @@ impl Site {
             .ok()
     }
 
-    fn wait_up(&self, address: Ipv6Addr) {
+    fn wait_up(&self, address: Ipv6Addr, iface: &str) {
         let lo = format!("{address}/128");
         self.wait(
             Duration::from_secs(60),
             "the node's address and route",
             || {
-                self.ip(&["-6", "addr", "show", "dev", "lo"]).contains(&lo)
+                self.ip(&["-6", "addr", "show", "dev", iface]).contains(&lo)
                     && self
                         .our_routes()
                         .contains(&format!("unreachable {NETWORK}"))
@@ -413,7 +413,7 @@ fn a_node_sets_up_answers_runs_hooks_and_cleans_up() {
         "--metrics",
         "127.0.0.1:9100",
     ]);
-    site.wait_up(address);
+    site.wait_up(address, "lo");
 
     // A second node in the same namespace (another run directory) refuses
     // to start, and leaves the first one alone.
@@ -522,8 +522,38 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     }
     let mut site = Site::new("nodekill");
     let address = site.address();
-    let node = site.start_node(&[]);
-    site.wait_up(address);
+    // The address goes on another main interface this time: a TUN device
+    // without carrier, where it would stay tentative without `nodad`.
+    site.ns
+        .exec("ip", &["tuntap", "add", "dev", "main0", "mode", "tun"])
+        .unwrap();
+    site.ns.exec("ip", &["link", "set", "main0", "up"]).unwrap();
+    let out = site
+        .ns
+        .command(RE6ST)
+        .args(["node", "--config", path(&site.path("node/re6st.toml"))])
+        .args([
+            "--state",
+            path(&site.path("state")),
+            "--run",
+            path(&site.path("run")),
+        ])
+        .args(["-I", "nosuch0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("re6st node: main interface \"nosuch0\" does not exist (-I/--main-interface)"),
+        "{stderr}"
+    );
+    assert!(site.our_routes().trim().is_empty(), "{}", site.our_routes());
+
+    let node = site.start_node(&["-I", "main0"]);
+    site.wait_up(address, "main0");
+    let shown = site.ip(&["-6", "addr", "show", "dev", "main0"]);
+    assert!(!shown.contains("tentative"), "{shown}");
     node.signal(Signal::SIGKILL).unwrap();
     let _ = node.wait();
 
@@ -556,11 +586,11 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     // The registry is gone too: the node starts from its cached
     // configuration.
     drop(site.registry.take());
-    let node = site.start_node(&[]);
+    let node = site.start_node(&["-I", "main0"]);
     site.wait(Duration::from_secs(60), "leftovers removed", || {
         site.log("node.log").contains("removed leftovers")
     });
-    site.wait_up(address);
+    site.wait_up(address, "main0");
     assert!(
         site.re6st_links().iter().all(|l| l != "re6st-99"),
         "{:?}",

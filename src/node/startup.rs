@@ -51,6 +51,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
@@ -872,9 +874,7 @@ impl Plumbing {
                 "main interface {main_interface} is down: our address is unusable until it is up"
             );
         }
-        kernel
-            .add_address(link.index, IpAddr::V6(addrs.address), 128)
-            .await?;
+        add_address_nodad(kernel, link.index, main_interface, addrs.address).await?;
         let unreachable = unreachable_route(addrs.network, table);
         let mut plumbing = Self {
             main_index: link.index,
@@ -918,6 +918,30 @@ impl Plumbing {
             }
         }
     }
+}
+
+/// `ip address add ADDR/128 dev IFACE nodad`: our address is unique by
+/// construction, and duplicate address detection would leave it tentative
+/// (unusable as a source or to bind to) for a while on interfaces other
+/// than `lo`.
+async fn add_address_nodad(
+    kernel: &Kernel,
+    index: u32,
+    name: &str,
+    address: Ipv6Addr,
+) -> Result<(), StartupError> {
+    let mut m = kernel::addr::address_message(index, IpAddr::V6(address), 128)?;
+    m.header.flags |= AddressHeaderFlags::Nodad;
+    m.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    kernel
+        .request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("ip address add {address}/128 dev {name} nodad"),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Switches IPv6 forwarding on; returns the previous value when it was off.
