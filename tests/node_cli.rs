@@ -751,12 +751,15 @@ fn a_revoked_node_says_so_and_exits_1() {
 }
 
 #[test]
-fn sigterm_while_waiting_for_the_registry_stops_cleanly_and_sighup_reopens_the_log() {
+fn waiting_for_the_registry_with_a_corrupt_cache_then_sighup_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("n");
     pki(&node, "1");
     let log = dir.path().join("node.log");
     let rotated = dir.path().join("node.log.1");
+    // A corrupt peer cache is moved aside, not a reason to stop.
+    std::fs::create_dir_all(node.join("state")).unwrap();
+    std::fs::write(node.join("state/peers.db"), b"this is not a database").unwrap();
     // Nothing listens on port 1: the registry is unreachable and no
     // configuration is cached, so the node keeps retrying.
     let mut child = Command::new(RE6ST)
@@ -832,7 +835,20 @@ fn sigterm_while_waiting_for_the_registry_stops_cleanly_and_sighup_reopens_the_l
         !text.contains('\x1b'),
         "no terminal colours in the log file"
     );
-    assert!(read(&rotated).contains("no cached configuration"));
+    let first = read(&rotated);
+    assert!(first.contains("no cached configuration"), "{first}");
+    assert!(first.contains("is corrupt"), "{first}");
+    let aside = std::fs::read_dir(node.join("state"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("peers.db.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
 }
 
 #[test]

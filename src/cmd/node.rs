@@ -210,8 +210,14 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
             leftovers.addresses.len()
         );
     }
-    let plumbing =
-        Plumbing::install(&kernel, &options.main_interface, &addrs, options.table).await?;
+    let plumbing = Plumbing::install(
+        &kernel,
+        &options.main_interface,
+        &addrs,
+        options.table,
+        prepared.config.ipv4.is_some(),
+    )
+    .await?;
     tracing::info!(
         "{} on {}, unreachable {}",
         addrs.address,
