@@ -550,6 +550,44 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     );
     assert!(site.our_routes().trim().is_empty(), "{}", site.our_routes());
 
+    // Without CAP_NET_ADMIN the node says what it needs (skipped when
+    // setpriv is missing).
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_setpriv {
+        let out = site
+            .ns
+            .command("setpriv")
+            .args([
+                "--bounding-set",
+                "-net_admin",
+                "--inh-caps",
+                "-net_admin",
+                RE6ST,
+            ])
+            .args(["node", "--config", path(&site.path("node/re6st.toml"))])
+            .args([
+                "--state",
+                path(&site.path("state")),
+                "--run",
+                path(&site.path("run")),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.ends_with(
+                "Operation not permitted (os error 1) (re6st node needs root, or CAP_NET_ADMIN)"
+            ),
+            "{stderr}"
+        );
+        assert!(site.our_routes().trim().is_empty(), "{}", site.our_routes());
+    }
+
     let node = site.start_node(&["-I", "main0"]);
     site.wait_up(address, "main0");
     let shown = site.ip(&["-6", "addr", "show", "dev", "main0"]);

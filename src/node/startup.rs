@@ -147,7 +147,7 @@ pub enum StartupError {
         source: io::Error,
     },
     /// The kernel refused a change.
-    #[error("{0}")]
+    #[error("{0}{hint}", hint = permission_hint(.0))]
     Kernel(#[from] kernel::Error),
     /// The main interface does not exist.
     #[error("main interface {0:?} does not exist (-I/--main-interface)")]
@@ -175,6 +175,15 @@ pub enum StartupError {
         /// Why.
         source: io::Error,
     },
+}
+
+/// What to do about a refusal for lack of privilege.
+fn permission_hint(e: &kernel::Error) -> &'static str {
+    if e.errno() == Some(libc::EPERM) {
+        " (re6st node needs root, or CAP_NET_ADMIN)"
+    } else {
+        ""
+    }
 }
 
 impl StartupError {
