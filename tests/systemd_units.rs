@@ -75,9 +75,20 @@ fn units_run_the_documented_commands() {
     let node = unit("re6st-node.service");
     assert!(node.contains("RuntimeDirectory=re6st\n"));
     assert!(node.contains("CAP_NET_ADMIN"));
-    assert_eq!(
-        exec_start(&node)[..3],
-        ["node", "--config", "/etc/re6st/re6st.toml"]
+    let mut args = exec_start(&node);
+    assert_eq!(args[..3], ["node", "--config", "/etc/re6st/re6st.toml"]);
+    // The node's command line parses: with the configuration file moved
+    // somewhere absent, it stops at reading it (exit 2), not at a usage
+    // error, and touches nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("re6st.toml");
+    args[2] = absent.to_str().unwrap().to_owned();
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot read {}", absent.display())),
+        "{stderr}"
     );
     // The registry must not own /run/re6st: systemd would remove the
     // node's control socket whenever the registry stops.
