@@ -25,22 +25,35 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Enroll this machine: fetch the CA and a certificate from a registry.
     Conf(cmd::conf::ConfArgs),
+    /// Show the running node's state (over its control socket).
+    Status(cmd::status::StatusArgs),
     /// Run the Babel router standalone on some interfaces (like babeld).
     Babel(cmd::babel::Args),
     /// Bring up tunnels without the node: a throw-away PKI, tunnels of one
     /// transport (tests and benchmarks).
     #[command(hide = true)]
     Tunnel(cmd::tunnel::TunnelArgs),
+    /// Run the node: join the mesh and route for it.
+    Node(cmd::node::NodeCmd),
+    /// A registry and N nodes in network namespaces on this machine,
+    /// converging into a mesh (needs root).
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The node logs where --log says and has its own exit statuses.
+    if !matches!(cli.command, Command::Node(_)) {
+        init_logging(cli.verbose);
+    }
     let result: anyhow::Result<()> = match cli.command {
         Command::Registry(a) => cmd::registry::run(a),
         Command::Conf(a) => cmd::conf::run(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Babel(args) => cmd::babel::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
+        Command::Node(a) => return cmd::node::main(a, cli.verbose),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

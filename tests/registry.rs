@@ -7,8 +7,10 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use re6st::node::control;
 use re6st::pki::{self, Csr, NodeCert};
 use re6st::registry::auth;
 use re6st::registry::{NodeAuth, RegistryClient};
@@ -837,4 +839,263 @@ fn ipv6_listener_communities_ipv4_and_openssl_csr() {
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+/// Stands in for the node daemon on the registry host (built and tested on
+/// its own in `tests/node_*.rs`): serves a real control socket with
+/// `control::serve`, answers with `answer` and records every request.
+struct FakeNode {
+    dir: tempfile::TempDir,
+    asked: Arc<Mutex<Vec<control::Request>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeNode {
+    fn start(answer: impl Fn(&control::Request) -> control::Response + Send + 'static) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let path = control::socket_path(dir.path());
+        let log = asked.clone();
+        runtime.block_on(async move {
+            let listener = control::bind(&path).unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<control::ControlCall>(8);
+            tokio::spawn(control::serve(listener, tx));
+            tokio::spawn(async move {
+                while let Some((request, reply)) = rx.recv().await {
+                    let response = answer(&request);
+                    log.lock().unwrap().push(request);
+                    let _ = reply.send(response);
+                }
+            });
+        });
+        Self {
+            dir,
+            asked,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn socket(&self) -> String {
+        control::socket_path(self.dir.path())
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn asked(&self) -> Vec<control::Request> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn topology_sample(a: &str, b: &str) -> Vec<control::TopologyNode> {
+    vec![
+        control::TopologyNode {
+            prefix: a.into(),
+            neighbours: Some(vec![b.into()]),
+        },
+        control::TopologyNode {
+            prefix: b.into(),
+            neighbours: Some(vec![a.into()]),
+        },
+        control::TopologyNode {
+            prefix: "9/16".into(),
+            neighbours: None,
+        },
+    ]
+}
+
+#[test]
+fn bootstrap_topology_and_versions_through_the_registry_node() {
+    // What the fake node answers: the bootstrap peer is set as the test
+    // goes; the topology names the two enrolled nodes.
+    let peer: Arc<Mutex<Option<control::BootstrapPeer>>> = Arc::default();
+    let topo: Arc<Mutex<Vec<control::TopologyNode>>> = Arc::default();
+    let node = {
+        let (peer, topo) = (peer.clone(), topo.clone());
+        FakeNode::start(move |request| match request {
+            control::Request::BootstrapPeer => {
+                control::Response::BootstrapPeer(peer.lock().unwrap().clone())
+            }
+            control::Request::Topology => control::Response::Topology(topo.lock().unwrap().clone()),
+            control::Request::Versions => control::Response::Versions(vec![
+                control::NodeVersion {
+                    prefix: "0/16".into(),
+                    software: Some("0.1.0".into()),
+                    config_version: Some(3),
+                },
+                control::NodeVersion {
+                    prefix: "9/16".into(),
+                    software: None,
+                    config_version: None,
+                },
+            ]),
+            control::Request::Status { .. } => control::Response::Error("not asked".into()),
+        })
+    };
+    let reg = Registry::start(&[
+        "--anonymous-prefix-length",
+        "16",
+        "--node-control",
+        &node.socket(),
+    ]);
+    // The registry node (first certificate) and another node.
+    for n in ["a", "b"] {
+        let out = reg.conf(n, &["--anonymous"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let prefix = |n: &str| {
+        NodeCert::from_pem(&std::fs::read_to_string(reg.path(&format!("{n}/cert.crt"))).unwrap())
+            .unwrap()
+            .prefix()
+            .unwrap()
+            .to_string()
+    };
+    let (pa, pb) = (prefix("a"), prefix("b"));
+    let a = node_auth(&reg.path("a"));
+    let b = node_auth(&reg.path("b"));
+    let client = reg.client();
+    let rt = rt();
+    let before = reg.dump();
+
+    // The node knows no peer yet.
+    let err = rt.block_on(client.bootstrap(&b)).unwrap_err();
+    assert_eq!(err.code(), Some("no_peer"), "{err}");
+
+    // The node hands out the registry node: b can open its addresses
+    // (malformed ones are not passed on); a cannot open b's answer.
+    *peer.lock().unwrap() = Some(control::BootstrapPeer {
+        prefix: pa.clone(),
+        addresses: vec![
+            "10.42.0.1,1194,udp".into(),
+            "not an address".into(),
+            "2001:db8::1,1195,quic".into(),
+        ],
+    });
+    let got = rt.block_on(client.bootstrap_peer(&b)).unwrap();
+    assert_eq!(got.prefix, pa);
+    assert_eq!(
+        got.addresses,
+        vec!["10.42.0.1,1194,udp", "2001:db8::1,1195,quic"]
+    );
+    let sealed = rt.block_on(client.bootstrap(&b)).unwrap();
+    assert!(re6st::registry::client::open_bootstrap(&sealed, &a.key).is_err());
+    assert!(re6st::registry::client::open_bootstrap(&sealed, &b.key).is_ok());
+
+    // Never the requester itself: the registry node gets no_peer (after
+    // asking the node a few times for someone else).
+    let asked_before = node.asked().len();
+    let err = rt.block_on(client.bootstrap(&a)).unwrap_err();
+    assert_eq!(err.code(), Some("no_peer"), "{err}");
+    assert!(err.to_string().contains("other than you"), "{err}");
+    assert_eq!(node.asked().len() - asked_before, 3);
+
+    // A peer without a usable address is no peer.
+    *peer.lock().unwrap() = Some(control::BootstrapPeer {
+        prefix: pa.clone(),
+        addresses: vec!["bogus".into()],
+    });
+    let err = rt.block_on(client.bootstrap(&b)).unwrap_err();
+    assert_eq!(err.code(), Some("no_peer"), "{err}");
+
+    // Admin views, through the client and the CLI.
+    *topo.lock().unwrap() = topology_sample(&pa, &pb);
+    assert_eq!(
+        rt.block_on(client.topology()).unwrap(),
+        topology_sample(&pa, &pb)
+    );
+    let out = re6st(&["registry", "topology", "--registry", &reg.url()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("3 nodes, 1 tunnels\n"), "{text}");
+    assert!(text.contains("(did not answer)"), "{text}");
+    let out = re6st(&["registry", "topology", "--dot", "--registry", &reg.url()]);
+    let dot = String::from_utf8_lossy(&out.stdout);
+    let (lo, hi) = if pa <= pb { (&pa, &pb) } else { (&pb, &pa) };
+    assert!(dot.contains(&format!("\"{lo}\" -- \"{hi}\";")), "{dot}");
+    assert!(dot.contains("\"9/16\" [style=dashed];"), "{dot}");
+    let versions = rt.block_on(client.versions()).unwrap();
+    assert_eq!(versions[0].config_version, Some(3));
+    let out = re6st(&["registry", "versions", "--registry", &reg.url()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("0/16    0.1.0       3"), "{text}");
+
+    // Nothing above touched the database.
+    assert_eq!(reg.dump(), before);
+    assert!(!reg.log().contains("panicked"), "{}", reg.log());
+}
+
+#[test]
+fn no_registry_node_means_503() {
+    // Configured, but no node listens on that socket.
+    let absent = tempfile::tempdir().unwrap();
+    let socket = absent.path().join("control.sock");
+    let reg = Registry::start(&[
+        "--anonymous-prefix-length",
+        "16",
+        "--node-control",
+        socket.to_str().unwrap(),
+    ]);
+    let out = reg.conf("a", &["--anonymous"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = node_auth(&reg.path("a"));
+    let rt = rt();
+    let before = reg.dump();
+    let err = rt.block_on(reg.client().bootstrap(&a)).unwrap_err();
+    assert_eq!(err.code(), Some("no_peer"), "{err}");
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    let (s, b) = reg.raw("GET", "/admin/topology", &[], b"");
+    assert_error(s, &b, 503, "no_node");
+    let (s, b) = reg.raw("GET", "/admin/versions", &[], b"");
+    assert_error(s, &b, 503, "no_node");
+    let out = re6st(&["registry", "topology", "--registry", &reg.url()]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("registry's node"), "{}", stderr(&out));
+    assert_eq!(reg.dump(), before);
+
+    // Not configured at all.
+    let reg = Registry::start(&[]);
+    let (s, b) = reg.raw("GET", "/admin/topology", &[], b"");
+    assert_error(s, &b, 503, "no_node");
+    assert!(b.contains("--node-control"), "{b}");
+}
+
+#[test]
+fn node_views_refused_from_unauthorised_origins() {
+    let node = FakeNode::start(|_| control::Response::Topology(Vec::new()));
+    let reg = Registry::start(&[
+        "--authorized-origin",
+        "192.0.2.1",
+        "--node-control",
+        &node.socket(),
+    ]);
+    let before = reg.dump();
+    let rt = rt();
+    let err = rt.block_on(reg.client().topology()).unwrap_err();
+    assert_eq!(err.code(), Some("forbidden"), "{err}");
+    let err = rt.block_on(reg.client().versions()).unwrap_err();
+    assert_eq!(err.code(), Some("forbidden"), "{err}");
+    let out = re6st(&["registry", "versions", "--registry", &reg.url()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not allowed from 127.0.0.1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.asked().is_empty(), "{:?}", node.asked());
+    assert_eq!(reg.dump(), before);
 }

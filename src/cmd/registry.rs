@@ -1,5 +1,6 @@
 //! `re6st registry`: create the CA, run the registry, and administer it.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use rand::RngCore;
+use re6st::node::control::{NodeVersion, TopologyNode};
 use re6st::pki::{self, Ca, Network};
 use re6st::registry::community::Communities;
 use re6st::registry::config::Ipv4Settings;
@@ -42,6 +44,20 @@ enum RegistryCommand {
     List(AdminArgs),
     /// Fetch, verify and print the signed network configuration.
     Config(ConfigArgs),
+    /// Show the mesh: every node the registry's node reaches and its
+    /// tunnel neighbours (text, or Graphviz with --dot).
+    Topology(TopologyArgs),
+    /// Show every reachable node's software and configuration versions.
+    Versions(AdminArgs),
+}
+
+#[derive(Args)]
+struct TopologyArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Print a Graphviz graph (`dot -Tsvg`) instead of text.
+    #[arg(long, conflicts_with = "json")]
+    dot: bool,
 }
 
 #[derive(Args)]
@@ -158,6 +174,11 @@ struct ServeOpts {
     /// [default: 600].
     #[arg(long)]
     housekeeping_interval: Option<u64>,
+    /// Control socket of the node running on this host (e.g.
+    /// /run/re6st/control.sock): it answers bootstrap requests and the
+    /// topology and versions views [default: none].
+    #[arg(long, value_name = "PATH")]
+    node_control: Option<PathBuf>,
 }
 
 fn origins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Origin>, D::Error> {
@@ -201,6 +222,7 @@ struct ServeArgs {
     max_clients: Option<u32>,
     tunnel_refresh: u32,
     housekeeping_interval: u64,
+    node_control: Option<PathBuf>,
 }
 
 impl ServeOpts {
@@ -267,6 +289,7 @@ impl ServeOpts {
                 .housekeeping_interval
                 .or(file.housekeeping_interval)
                 .unwrap_or(600),
+            node_control: self.node_control.or(file.node_control),
         })
     }
 }
@@ -354,6 +377,26 @@ pub(crate) fn run(args: RegistryArgs) -> anyhow::Result<()> {
             Ok(())
         }),
         RegistryCommand::Config(a) => runtime()?.block_on(show_config(a)),
+        RegistryCommand::Topology(a) => runtime()?.block_on(async {
+            let nodes = client(&a.admin)?.topology().await?;
+            if a.admin.json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else if a.dot {
+                print!("{}", topology_dot(&nodes));
+            } else {
+                print!("{}", topology_text(&nodes));
+            }
+            Ok(())
+        }),
+        RegistryCommand::Versions(a) => runtime()?.block_on(async {
+            let nodes = client(&a)?.versions().await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print!("{}", versions_text(&nodes));
+            }
+            Ok(())
+        }),
         RegistryCommand::List(a) => runtime()?.block_on(async {
             let certs = client(&a)?.certs().await?;
             if a.json {
@@ -470,6 +513,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         },
         mail_from: a.mail_from.clone(),
         communities,
+        node_control: a.node_control.clone(),
     };
     let mut listeners = Vec::new();
     for addr in &a.listen {
@@ -637,9 +681,137 @@ async fn token(a: TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The tunnels of a topology, each once (`a < b`).
+fn tunnels(nodes: &[TopologyNode]) -> BTreeSet<(&str, &str)> {
+    let mut edges = BTreeSet::new();
+    for n in nodes {
+        for m in n.neighbours.iter().flatten() {
+            let (a, b) = (n.prefix.as_str(), m.as_str());
+            edges.insert(if a <= b { (a, b) } else { (b, a) });
+        }
+    }
+    edges
+}
+
+/// One line per node: its prefix and its neighbours.
+fn topology_text(nodes: &[TopologyNode]) -> String {
+    let mut out = format!("{} nodes, {} tunnels\n", nodes.len(), tunnels(nodes).len());
+    let width = nodes.iter().map(|n| n.prefix.len()).max().unwrap_or(0);
+    for n in nodes {
+        let neighbours = match &n.neighbours {
+            Some(list) if list.is_empty() => "(no tunnel)".to_owned(),
+            Some(list) => list.join(" "),
+            None => "(did not answer)".to_owned(),
+        };
+        out.push_str(&format!("{:<width$}  {neighbours}\n", n.prefix));
+    }
+    out
+}
+
+/// A Graphviz graph: one vertex per node (dashed when it did not answer),
+/// one edge per tunnel.
+fn topology_dot(nodes: &[TopologyNode]) -> String {
+    let mut out = String::from("graph re6st {\n");
+    for n in nodes {
+        let style = if n.neighbours.is_none() {
+            " [style=dashed]"
+        } else {
+            ""
+        };
+        out.push_str(&format!("  \"{}\"{style};\n", n.prefix));
+    }
+    for (a, b) in tunnels(nodes) {
+        out.push_str(&format!("  \"{a}\" -- \"{b}\";\n"));
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A table of the nodes' versions.
+fn versions_text(nodes: &[NodeVersion]) -> String {
+    let width = nodes
+        .iter()
+        .map(|n| n.prefix.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
+    let mut out = format!("{:<width$}  {:<10}  config\n", "prefix", "software");
+    for n in nodes {
+        match (&n.software, n.config_version) {
+            (None, None) => out.push_str(&format!("{:<width$}  (did not answer)\n", n.prefix)),
+            (software, config) => out.push_str(&format!(
+                "{:<width$}  {:<10}  {}\n",
+                n.prefix,
+                software.as_deref().unwrap_or("?"),
+                config.map_or_else(|| "?".to_owned(), |v| v.to_string())
+            )),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn topology() -> Vec<TopologyNode> {
+        let node = |p: &str, n: Option<&[&str]>| TopologyNode {
+            prefix: p.into(),
+            neighbours: n.map(|n| n.iter().map(|s| s.to_string()).collect()),
+        };
+        vec![
+            node("0/16", Some(&["2/16", "5/16"])),
+            node("2/16", Some(&["0/16"])),
+            node("5/16", None),
+            node("12/16", Some(&[])),
+        ]
+    }
+
+    #[test]
+    fn topology_views() {
+        assert_eq!(
+            topology_text(&topology()),
+            "4 nodes, 2 tunnels\n\
+             0/16   2/16 5/16\n\
+             2/16   0/16\n\
+             5/16   (did not answer)\n\
+             12/16  (no tunnel)\n"
+        );
+        assert_eq!(
+            topology_dot(&topology()),
+            "graph re6st {\n  \"0/16\";\n  \"2/16\";\n  \"5/16\" [style=dashed];\n  \"12/16\";\n  \
+             \"0/16\" -- \"2/16\";\n  \"0/16\" -- \"5/16\";\n}\n"
+        );
+        assert_eq!(topology_text(&[]), "0 nodes, 0 tunnels\n");
+    }
+
+    #[test]
+    fn versions_view() {
+        let nodes = [
+            NodeVersion {
+                prefix: "0/16".into(),
+                software: Some("0.1.0".into()),
+                config_version: Some(7),
+            },
+            NodeVersion {
+                prefix: "5/16".into(),
+                software: None,
+                config_version: None,
+            },
+            NodeVersion {
+                prefix: "123456/20".into(),
+                software: Some("0.2.0".into()),
+                config_version: None,
+            },
+        ];
+        assert_eq!(
+            versions_text(&nodes),
+            "prefix     software    config\n\
+             0/16       0.1.0       7\n\
+             5/16       (did not answer)\n\
+             123456/20  0.2.0       ?\n"
+        );
+    }
 
     #[test]
     fn serve_config_file() {

@@ -74,12 +74,15 @@ pub struct RenewRequest {
     pub csr: String,
 }
 
-/// Answer to `POST /bootstrap` once the registry knows live peers.
+/// Answer to `POST /bootstrap`: a live peer, from the node running on the
+/// registry host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootstrapResponse {
     /// The peer's prefix (CN form).
     pub prefix: String,
-    /// Its addresses, sealed to the requester (base64).
+    /// Its addresses: base64 of [`crate::pki::seal`] to the requester's
+    /// key of a JSON array of `"IP,PORT,PROTO"` strings. Open it with
+    /// [`super::client::open_bootstrap`].
     pub sealed: String,
 }
 

@@ -28,6 +28,8 @@ use super::api::{
 use super::auth;
 use super::config::{SignedConfig, MAX_CONFIG_LEN};
 use super::store::{unix, Revoked, TokenInfo};
+use crate::node::control::{BootstrapPeer, NodeVersion, TopologyNode};
+use crate::pki;
 
 /// Default time limit of one request.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -170,6 +172,26 @@ impl RegistryClient {
     ) -> Result<super::api::BootstrapResponse, ClientError> {
         self.json(Method::POST, "/bootstrap", Some(b"{}".to_vec()), Some(node))
             .await
+    }
+
+    /// `POST /bootstrap`, opened: the peer's prefix and its addresses
+    /// (`IP,PORT,PROTO` each), decrypted with `node`'s key. Answers that
+    /// do not open, or hold no address, are [`ClientError::BadResponse`].
+    pub async fn bootstrap_peer(&self, node: &NodeAuth) -> Result<BootstrapPeer, ClientError> {
+        let sealed = self.bootstrap(node).await?;
+        open_bootstrap(&sealed, &node.key)
+    }
+
+    /// `GET /admin/topology`: every node the registry's node reached by
+    /// walking the mesh, with its tunnel neighbours.
+    pub async fn topology(&self) -> Result<Vec<TopologyNode>, ClientError> {
+        self.json(Method::GET, "/admin/topology", None, None).await
+    }
+
+    /// `GET /admin/versions`: every reachable node's software and
+    /// configuration versions.
+    pub async fn versions(&self) -> Result<Vec<NodeVersion>, ClientError> {
+        self.json(Method::GET, "/admin/versions", None, None).await
     }
 
     /// `POST /admin/revoke` by serial.
@@ -325,6 +347,28 @@ impl RegistryClient {
     }
 }
 
+/// Opens a bootstrap answer sealed to `key`: base64, then
+/// [`pki::open`], then a JSON array of `IP,PORT,PROTO` strings.
+pub fn open_bootstrap(
+    answer: &super::api::BootstrapResponse,
+    key: &SigningKey,
+) -> Result<BootstrapPeer, ClientError> {
+    use base64::Engine as _;
+    let bad = |why: String| ClientError::BadResponse(format!("bootstrap peer: {why}"));
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&answer.sealed)
+        .map_err(|e| bad(e.to_string()))?;
+    let plain = pki::open(key, &sealed).map_err(|e| bad(e.to_string()))?;
+    let addresses: Vec<String> = serde_json::from_slice(&plain).map_err(|e| bad(e.to_string()))?;
+    if addresses.is_empty() {
+        return Err(bad("no address".into()));
+    }
+    Ok(BootstrapPeer {
+        prefix: answer.prefix.clone(),
+        addresses,
+    })
+}
+
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     // Our request types are plain strings and integers: cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
@@ -361,6 +405,38 @@ mod tests {
         assert_eq!(RegistryClient::new("http://h/x/").unwrap().base_path, "/x");
         for bad in ["https://h", "h:80", "http://", "ftp://x", "http://h/?a=b"] {
             assert!(RegistryClient::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bootstrap_answers_open_with_the_right_key_only() {
+        use base64::Engine as _;
+        let key = pki::generate_key();
+        let plain = br#"["192.0.2.1,1194,udp","2001:db8::1,1195,quic"]"#;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let answer = |sealed: String| super::super::api::BootstrapResponse {
+            prefix: "5/16".into(),
+            sealed,
+        };
+        let peer =
+            open_bootstrap(&answer(b64(&pki::seal(&key.verifying_key(), plain))), &key).unwrap();
+        assert_eq!(peer.prefix, "5/16");
+        assert_eq!(
+            peer.addresses,
+            vec!["192.0.2.1,1194,udp", "2001:db8::1,1195,quic"]
+        );
+        let other = pki::generate_key();
+        let to_other = answer(b64(&pki::seal(&other.verifying_key(), plain)));
+        let bad_cases = [
+            to_other,
+            answer("not base64!".into()),
+            answer(b64(b"short")),
+            answer(b64(&pki::seal(&key.verifying_key(), b"{}"))),
+            answer(b64(&pki::seal(&key.verifying_key(), b"[]"))),
+        ];
+        for bad in bad_cases {
+            let err = open_bootstrap(&bad, &key).unwrap_err();
+            assert!(matches!(err, ClientError::BadResponse(_)), "{err}");
         }
     }
 

@@ -1,6 +1,10 @@
 //! The registry HTTP server (axum): routes, error answers, node
 //! authentication, admin origin checks and housekeeping.
 //!
+//! The bootstrap endpoint and the admin `topology` and `versions` views are
+//! answered by the node running on the registry host, asked over its
+//! control socket ([`Settings::node_control`], see `crate::node::control`).
+//!
 //! Every answer is JSON. Errors are `{"error": CODE, "detail": TEXT}` with a
 //! 4xx status for anything the client got wrong; a 5xx only means the
 //! registry itself failed (database, mail relay) or cannot help yet. Bodies
@@ -9,6 +13,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use ed25519_dalek::VerifyingKey;
 use rand::RngCore;
 use serde::de::DeserializeOwned;
@@ -27,14 +33,17 @@ use tokio::net::TcpListener;
 
 use super::allocator::Block;
 use super::api::{
-    parse_request, AddTokenRequest, BodyError, CaResponse, CertRequest, CertResponse, ErrorBody,
-    RenewRequest, RevokeRequest, RotateResponse, TokenRequest, TokenSent, MAX_BODY,
+    parse_request, AddTokenRequest, BodyError, BootstrapResponse, CaResponse, CertRequest,
+    CertResponse, ErrorBody, RenewRequest, RevokeRequest, RotateResponse, TokenRequest, TokenSent,
+    MAX_BODY,
 };
 use super::auth::{AuthHeaders, ReplayGuard};
 use super::community::{parse_locations, Communities};
 use super::config::{Ipv4Settings, NetworkConfig, SignedConfig};
 use super::mail::Mailer;
 use super::store::{unix, IssueParams, RevokeTarget, Store, StoreError};
+use crate::node::control::{self, NodeVersion, TopologyNode};
+use crate::node::Address;
 use crate::pki::{self, Ca, Csr};
 
 /// The parameters the registry publishes in the network configuration.
@@ -143,12 +152,26 @@ pub struct Settings {
     pub mail_from: String,
     /// Communities.
     pub communities: Communities,
+    /// The control socket of the node running on the registry host, which
+    /// answers bootstrap requests and the admin `topology` and `versions`
+    /// views; without it bootstrap is always `no_peer` and those views
+    /// `no_node`.
+    pub node_control: Option<PathBuf>,
 }
 
 /// Requests handled at once; more wait for a slot.
 pub const MAX_CONCURRENT: usize = 64;
 /// Time limit of one request, slot wait included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the registry waits for its node's answer to a bootstrap
+/// request.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the registry waits for its node's mesh walk (`topology`,
+/// `versions`); less than [`REQUEST_TIMEOUT`] so the error is the node's.
+pub const NODE_WALK_TIMEOUT: Duration = Duration::from_secs(25);
+/// How many times the node is asked for a bootstrap peer when it picks
+/// the requester itself.
+pub const BOOTSTRAP_TRIES: usize = 3;
 
 /// The running registry: CA, database, settings.
 pub struct Registry {
@@ -291,6 +314,8 @@ pub fn router(registry: Shared) -> Router {
         .route("/admin/tokens/{token}", delete(admin_delete_token))
         .route("/admin/rotate-keys", post(admin_rotate))
         .route("/admin/certs", get(admin_certs))
+        .route("/admin/topology", get(admin_topology))
+        .route("/admin/versions", get(admin_versions))
         .route_layer(middleware::from_fn_with_state(registry.clone(), admin_only));
     Router::new()
         .route("/ca", get(get_ca))
@@ -442,10 +467,11 @@ async fn with_store<T: Send + 'static>(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
-/// A verified node: its certificate serial and key.
+/// A verified node: its certificate serial, key and prefix.
 struct Node {
     serial: u64,
     key: VerifyingKey,
+    prefix: Block,
 }
 
 async fn authenticate(
@@ -467,7 +493,7 @@ async fn authenticate(
     let body = body.clone();
     with_store(reg, move |reg, store| {
         let now = unix(SystemTime::now());
-        let (key, not_after, _) = store.cert_key(auth.serial)?.ok_or_else(|| {
+        let (key, not_after, prefix) = store.cert_key(auth.serial)?.ok_or_else(|| {
             unauthorized(format!("certificate {} unknown or revoked", auth.serial))
         })?;
         if now > not_after.saturating_add(reg.settings.grace_period) {
@@ -481,6 +507,7 @@ async fn authenticate(
         Ok(Node {
             serial: auth.serial,
             key,
+            prefix,
         })
     })
     .await
@@ -632,17 +659,109 @@ async fn config(State(reg): State<Shared>, req: Request) -> ApiResult<SignedConf
     .await
 }
 
-async fn bootstrap(State(reg): State<Shared>, req: Request) -> Result<Response, ApiError> {
+async fn bootstrap(State(reg): State<Shared>, req: Request) -> ApiResult<BootstrapResponse> {
     let (parts, body) = req.into_parts();
     let body = read_body(body).await?;
-    authenticate(&reg, &parts.method, &parts.uri, &parts.headers, &body).await?;
-    // The registry learns live peers from the node running beside it (its
-    // control API); until that node exists there is none to hand out.
-    Err(ApiError::new(
+    let node = authenticate(&reg, &parts.method, &parts.uri, &parts.headers, &body).await?;
+    let no_peer =
+        |detail: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_peer", detail);
+    let Some(path) = &reg.settings.node_control else {
+        return Err(no_peer(
+            "no live peer known (the registry runs without --node-control)".into(),
+        ));
+    };
+    for _ in 0..BOOTSTRAP_TRIES {
+        let answer = control::call(path, &control::Request::BootstrapPeer, NODE_TIMEOUT)
+            .await
+            .map_err(|e| no_peer(format!("no live peer known: the registry's node: {e}")))?;
+        let peer = match answer {
+            control::Response::BootstrapPeer(Some(peer)) => peer,
+            control::Response::BootstrapPeer(None) => {
+                return Err(no_peer("no live peer known".into()))
+            }
+            control::Response::Error(e) => {
+                return Err(no_peer(format!(
+                    "no live peer known: the registry's node: {e}"
+                )))
+            }
+            other => {
+                return Err(no_peer(format!(
+                    "no live peer known: unexpected answer from the registry's node: {other:?}"
+                )))
+            }
+        };
+        let Some(prefix) = Block::parse_cn(&peer.prefix) else {
+            return Err(no_peer(format!(
+                "no live peer known: the registry's node named a bad prefix {:?}",
+                peer.prefix
+            )));
+        };
+        if prefix == node.prefix {
+            // The node picks at random; it may pick someone else next time.
+            continue;
+        }
+        let addresses: Vec<String> = peer
+            .addresses
+            .iter()
+            .filter(|a| a.parse::<Address>().is_ok())
+            .cloned()
+            .collect();
+        if addresses.is_empty() {
+            return Err(no_peer(format!(
+                "no live peer known: no usable address for {prefix}"
+            )));
+        }
+        let plain = serde_json::to_vec(&addresses).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        tracing::debug!(requester = %node.prefix, peer = %prefix, "bootstrap peer handed out");
+        return Ok(Json(BootstrapResponse {
+            prefix: prefix.to_string(),
+            sealed: base64::engine::general_purpose::STANDARD.encode(pki::seal(&node.key, &plain)),
+        }));
+    }
+    Err(no_peer("no live peer known other than you".into()))
+}
+
+/// Forwards a mesh walk to the registry's node.
+async fn ask_node(
+    reg: &Registry,
+    request: control::Request,
+) -> Result<control::Response, ApiError> {
+    let no_node =
+        |detail: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_node", detail);
+    let path = reg
+        .settings
+        .node_control
+        .as_ref()
+        .ok_or_else(|| no_node("the registry runs without a node (--node-control)".into()))?;
+    match control::call(path, &request, NODE_WALK_TIMEOUT).await {
+        Ok(control::Response::Error(e)) => Err(no_node(format!("the registry's node: {e}"))),
+        Ok(answer) => Ok(answer),
+        Err(e) => Err(no_node(format!("the registry's node: {e}"))),
+    }
+}
+
+fn unexpected(answer: &control::Response) -> ApiError {
+    ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "no_peer",
-        "no live peer known",
-    ))
+        "no_node",
+        format!("unexpected answer from the registry's node: {answer:?}"),
+    )
+}
+
+async fn admin_topology(State(reg): State<Shared>) -> ApiResult<Vec<TopologyNode>> {
+    match ask_node(&reg, control::Request::Topology).await? {
+        control::Response::Topology(nodes) => Ok(Json(nodes)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+async fn admin_versions(State(reg): State<Shared>) -> ApiResult<Vec<NodeVersion>> {
+    match ask_node(&reg, control::Request::Versions).await? {
+        control::Response::Versions(nodes) => Ok(Json(nodes)),
+        other => Err(unexpected(&other)),
+    }
 }
 
 async fn admin_revoke(State(reg): State<Shared>, req: Request) -> ApiResult<super::store::Revoked> {

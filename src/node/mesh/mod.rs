@@ -1,0 +1,1458 @@
+//! The node's runtime: the I/O shell that drives the sans-I/O pieces
+//! (tunnel policy, Babel router, peer protocol) with real transports,
+//! sockets, the kernel and the registry.
+//!
+//! [`run`] owns, while it runs, the transports ([`tunnels`]), the router and
+//! the route installer ([`routes`]) and answers the control API. One task
+//! runs the main loop; the other tasks (transport drivers, router driver,
+//! installer, link-local waits) report to it over channels.
+//!
+//! The start-up code (`re6st node`) prepares a [`MeshSetup`]: options,
+//! verified identity, network configuration, opened cache and registry
+//! client; it has added our node address and the unreachable route for the
+//! network before calling [`run`], and removes them after.
+
+mod addresses;
+mod config;
+mod peers;
+mod routes;
+mod status;
+mod tunnels;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use babel::{Dump, RttConfig};
+use der::{DecodePem, Encode};
+use ed25519_dalek::SigningKey;
+use tokio::sync::mpsc;
+
+use base64::Engine as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use self::addresses::Source;
+use self::config::Changes;
+use self::peers::{Answer, Ask, PeerSocket, Waiters};
+use self::routes::{RouterParts, SelectedRoute};
+use self::tunnels::{TransportCredentials, Transports, TunnelKey, TunnelTable};
+use super::cache::PeerCache;
+use super::control::{self, ControlCall, Request, Response};
+use super::options::NodeOptions;
+use super::peer_proto::{Addresses, Body, Message, PeerEndpoint, Prefixes};
+use super::policy::{Action, Direction, Policy};
+use super::{Address, Proto};
+use crate::kernel::Kernel;
+use crate::pki::{Network, NodeCert, NodePrefix, Verifier};
+use crate::registry::client::{ClientError, NodeAuth, RegistryClient};
+use crate::registry::config::{BabelKeys, NetworkConfig, SignedConfig};
+use crate::routing::RouterHandle;
+use crate::tunnel::TunnelEvent;
+
+/// How long the retractions of our routes are given to go out at shutdown.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How many recent events the status keeps.
+const EVENT_RING: usize = 64;
+
+/// How often the route table is read to feed the policy.
+const ROUTE_POLL: Duration = Duration::from_secs(1);
+
+/// Babel cost multiplier of a tunnel being retired (16 × the normal cost:
+/// routes move away, yet it still carries traffic if it is the only path).
+const RETIRING_COST: u16 = 16 * 256;
+
+/// The normal cost multiplier (1.0).
+const NORMAL_COST: u16 = 256;
+
+/// Pause before trying the next `--client` remote.
+const CLIENT_RETRY: Duration = Duration::from_secs(1);
+
+/// How often the registry is asked for the configuration even when no
+/// peer announced a newer one (a fallback for gossip).
+const CONFIG_POLL: Duration = Duration::from_secs(300);
+
+/// How often the registry's own node (on the registry host) asks the
+/// registry for the configuration: it is where a new version enters the
+/// gossip, so it must notice it quickly.
+const REGISTRY_NODE_CONFIG_POLL: Duration = Duration::from_secs(5);
+
+/// How often the host's addresses (announced to peers) are re-read.
+const ADDRESS_POLL: Duration = Duration::from_secs(60);
+
+/// Why a retirement is refused (the peer protocol's free code points).
+const NACK_NO_TUNNEL: u8 = 1;
+/// Refused: the tunnel is a persistent `--neighbour` one.
+const NACK_PERSISTENT: u8 = 2;
+
+/// Everything the mesh needs, prepared by the start-up code.
+pub struct MeshSetup {
+    /// The resolved options.
+    pub options: NodeOptions,
+    /// Our certificate, verified.
+    pub cert: NodeCert,
+    /// Our key (the certificate's).
+    pub key: SigningKey,
+    /// The network CA certificate, PEM text (as read from `options.ca`):
+    /// the mesh derives the peer verifier, the CA's DER (tunnel
+    /// handshakes) and its public key (configuration signatures) from it.
+    pub ca: String,
+    /// Our prefix (from our certificate).
+    pub prefix: NodePrefix,
+    /// The network (from the CA certificate).
+    pub network: Network,
+    /// The network configuration, verified.
+    pub config: NetworkConfig,
+    /// The Babel MAC keys of `config`, opened with our key.
+    pub babel_keys: Option<BabelKeys>,
+    /// The peer cache, opened in `options.state`.
+    pub cache: PeerCache,
+    /// The registry.
+    pub registry: RegistryClient,
+}
+
+/// Why [`run`] returned normally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MeshExit {
+    /// The shutdown future completed; everything was cleaned up.
+    Stopped,
+    /// Our own certificate is in the network's revocation list.
+    Revoked,
+}
+
+/// Why the mesh could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The setup is inconsistent (certificate, CA, prefix).
+    #[error("{0}")]
+    Setup(String),
+    /// A transport could not listen.
+    #[error("cannot start the {proto} transport on port {port}: {source}")]
+    Transport {
+        /// Its protocol.
+        proto: Proto,
+        /// The port asked for (0: ephemeral).
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The Babel socket could not be bound.
+    #[error("cannot bind the babel port [::]:6696: {0}")]
+    BabelSocket(std::io::Error),
+    /// The kernel refused a request we cannot do without.
+    #[error("kernel: {0}")]
+    Kernel(#[from] crate::kernel::Error),
+    /// The peer-protocol socket could not be bound.
+    #[error("cannot bind the peer protocol socket {local}: {source}")]
+    PeerSocket {
+        /// The address.
+        local: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A LAN interface (`-i`) is unusable.
+    #[error("-i {name}: {message}")]
+    Interface {
+        /// The interface.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Runs the mesh until `shutdown` completes (then retracts our routes,
+/// closes every tunnel, removes our kernel routes and saves the cache) or
+/// until our certificate is revoked. Control requests arrive on `calls`.
+pub async fn run(
+    setup: MeshSetup,
+    mut calls: mpsc::Receiver<ControlCall>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<MeshExit, MeshError> {
+    let (mut mesh, mut inputs) = Mesh::start(setup).await?;
+    let exit = mesh.run_loop(&mut inputs, &mut calls, shutdown).await;
+    mesh.stop().await;
+    Ok(exit)
+}
+
+/// Results of tasks the loop spawned.
+#[derive(Debug)]
+enum Internal {
+    /// Babel can run on a tunnel's interface.
+    InterfaceReady {
+        key: TunnelKey,
+        ifindex: u32,
+        link_local: Ipv6Addr,
+    },
+    /// A tunnel's interface could not be prepared.
+    InterfaceFailed { key: TunnelKey, error: String },
+    /// The registry's answer to a bootstrap request.
+    Bootstrap(Result<(NodePrefix, Vec<Address>), String>),
+    /// Time to try the next `--client` remote.
+    ClientRetry,
+    /// A configuration fetched from the registry and verified.
+    Config(Result<Box<FetchedConfig>, String>),
+    /// The host's addresses were read.
+    HostAddresses(Vec<std::net::IpAddr>),
+}
+
+/// A verified configuration from the registry.
+#[derive(Debug)]
+struct FetchedConfig {
+    config: NetworkConfig,
+    keys: Option<BabelKeys>,
+    signed: SignedConfig,
+    /// Fetched without authentication (the registry refused ours, e.g.
+    /// because our certificate is revoked): it carries no keys.
+    anonymous: bool,
+}
+
+/// The channels the main loop reads besides the control calls.
+struct Inputs {
+    tunnels: mpsc::UnboundedReceiver<(usize, TunnelEvent)>,
+    peer: mpsc::Receiver<(Vec<u8>, std::net::SocketAddr)>,
+    asks: mpsc::UnboundedReceiver<Ask>,
+}
+
+/// `--client` mode: one tunnel to the first remote that answers.
+#[derive(Debug)]
+struct ClientMode {
+    remotes: Vec<Address>,
+    next: usize,
+    pending: Option<TunnelKey>,
+}
+
+/// One recent event, for the status.
+#[derive(Clone, Debug)]
+struct Logged {
+    time: SystemTime,
+    text: String,
+}
+
+/// The running mesh.
+struct Mesh {
+    options: NodeOptions,
+    cert: NodeCert,
+    prefix: NodePrefix,
+    network: Network,
+    config: NetworkConfig,
+    babel_keys: Option<BabelKeys>,
+    ca_key: ed25519_dalek::VerifyingKey,
+    cache: PeerCache,
+    registry: RegistryClient,
+    key: SigningKey,
+    peer: PeerSocket,
+    waiters: Waiters,
+    asks_tx: mpsc::UnboundedSender<Ask>,
+    fetching: bool,
+    revoked: bool,
+    bootstrap_failures: u32,
+    announced: Vec<(Address, Source)>,
+    /// Tunnel peers we told our configuration version since their tunnel
+    /// came up.
+    told_version: std::collections::BTreeSet<NodePrefix>,
+    /// Names of the LAN interfaces (`-i`), by index.
+    lan_names: std::collections::HashMap<u32, String>,
+    policy: Option<Policy<NodePrefix>>,
+    client: Option<ClientMode>,
+    selected: Vec<SelectedRoute>,
+    kernel: Arc<Kernel>,
+    transports: Transports,
+    table: TunnelTable,
+    router: Option<RouterParts>,
+    handle: RouterHandle,
+    rtt: RttConfig,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    started: Instant,
+    events: VecDeque<Logged>,
+}
+
+impl Mesh {
+    async fn start(setup: MeshSetup) -> Result<(Self, Inputs), MeshError> {
+        let MeshSetup {
+            options,
+            cert,
+            key,
+            ca,
+            prefix,
+            network,
+            config,
+            babel_keys,
+            cache,
+            registry,
+        } = setup;
+        let mut verifier =
+            Verifier::new(&ca).map_err(|e| MeshError::Setup(format!("CA certificate: {e}")))?;
+        verifier.set_revoked(config.crl.iter().copied());
+        let ca_der = x509_cert::Certificate::from_pem(ca.as_bytes())
+            .and_then(|c| c.to_der())
+            .map_err(|e| MeshError::Setup(format!("CA certificate: {e}")))?;
+        let ca_key = config::ca_key(&ca).map_err(MeshError::Setup)?;
+        let address = network
+            .node_address(&prefix)
+            .map_err(|e| MeshError::Setup(e.to_string()))?;
+        let endpoint = PeerEndpoint::new(&cert, key.clone(), verifier.clone(), SystemTime::now())
+            .map_err(|e| MeshError::Setup(format!("peer protocol: {e}")))?;
+        let (peer, peer_rx) = PeerSocket::bind(address, endpoint, network).await?;
+        let kernel = Arc::new(Kernel::connect()?);
+        let mac = babel_keys
+            .as_ref()
+            .map(routes::mac_config)
+            .transpose()
+            .map_err(MeshError::Setup)?;
+        let rtt = routes::rtt_config(&options.babel);
+        let router = routes::start(
+            &kernel,
+            &network,
+            options.gateway,
+            mac,
+            rtt,
+            options.table,
+            LINGER,
+        )
+        .await?;
+        let handle = router.handle.clone();
+        handle.redistribute(routes::subnet_prefix(&network, &prefix)?, None, 0);
+        if options.gateway {
+            handle.redistribute(
+                babel::Prefix::V6_DEFAULT,
+                Some(routes::network_prefix(&network)),
+                0,
+            );
+        }
+        let mut lan_names = std::collections::HashMap::new();
+        for name in &options.interfaces {
+            let fail = |message: String| MeshError::Interface {
+                name: name.clone(),
+                message,
+            };
+            let link = kernel
+                .link_by_name(name)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let ll = routes::wait_link_local(&kernel, link.index)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let hello = options.babel.lan_hello.unwrap_or(Duration::from_secs(4));
+            handle.add_interface(link.index, routes::lan_interface(ll, hello, link.mtu));
+            tracing::info!("babel on LAN interface {name}");
+            lan_names.insert(link.index, name.clone());
+        }
+        let creds = TransportCredentials {
+            key: &key,
+            cert: &cert,
+            ca_der: &ca_der,
+            verifier: verifier.clone(),
+        };
+        let (transports, tunnel_events) = Transports::start(&options, &creds).await?;
+        transports.set_revoked(&config.crl);
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let now = Instant::now();
+        let (policy, client) = match &options.client {
+            Some(remotes) => (
+                None,
+                Some(ClientMode {
+                    remotes: remotes.clone(),
+                    next: 0,
+                    pending: None,
+                }),
+            ),
+            None => {
+                let mut policy = Policy::new(
+                    prefix,
+                    config::policy_config(&config, &options),
+                    StdRng::from_entropy(),
+                    now,
+                );
+                seed_from_cache(&mut policy, &cache, now);
+                for n in &options.neighbours {
+                    policy.add_neighbour(*n, now);
+                }
+                policy.set_registry(config::registry_prefix(&config), now);
+                (Some(policy), None)
+            }
+        };
+        let (asks_tx, asks_rx) = mpsc::unbounded_channel();
+        let mut mesh = Self {
+            options,
+            cert,
+            prefix,
+            network,
+            config,
+            babel_keys,
+            ca_key,
+            cache,
+            registry,
+            key,
+            peer,
+            waiters: Waiters::default(),
+            asks_tx,
+            fetching: false,
+            revoked: false,
+            bootstrap_failures: 0,
+            announced: Vec::new(),
+            told_version: std::collections::BTreeSet::new(),
+            lan_names,
+            policy,
+            client,
+            selected: Vec::new(),
+            kernel,
+            transports,
+            table: TunnelTable::default(),
+            router: Some(router),
+            handle,
+            rtt,
+            internal_tx,
+            internal_rx,
+            started: Instant::now(),
+            events: VecDeque::new(),
+        };
+        mesh.read_host_addresses();
+        mesh.client_connect().await;
+        mesh.drain_policy().await;
+        let inputs = Inputs {
+            tunnels: tunnel_events,
+            peer: peer_rx,
+            asks: asks_rx,
+        };
+        Ok((mesh, inputs))
+    }
+
+    async fn run_loop(
+        &mut self,
+        inputs: &mut Inputs,
+        calls: &mut mpsc::Receiver<ControlCall>,
+        shutdown: impl Future<Output = ()>,
+    ) -> MeshExit {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut calls_open = true;
+        let mut route_poll = tokio::time::interval(ROUTE_POLL);
+        route_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let poll = if config::registry_prefix(&self.config) == Some(self.prefix) {
+            REGISTRY_NODE_CONFIG_POLL
+        } else {
+            CONFIG_POLL
+        };
+        let mut config_poll = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
+        let mut address_poll =
+            tokio::time::interval_at(tokio::time::Instant::now() + ADDRESS_POLL, ADDRESS_POLL);
+        loop {
+            if self.revoked {
+                return MeshExit::Revoked;
+            }
+            let policy_deadline = self.policy.as_ref().and_then(Policy::poll_timeout);
+            let policy_timer = async {
+                match policy_deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return MeshExit::Stopped,
+                () = policy_timer => {
+                    if let Some(p) = &mut self.policy {
+                        p.handle_timeout(Instant::now());
+                    }
+                }
+                _ = route_poll.tick() => self.poll_routes().await,
+                _ = config_poll.tick() => self.fetch_config(),
+                _ = address_poll.tick() => self.read_host_addresses(),
+                Some((bytes, from)) = inputs.peer.recv() => self.peer_packet(&bytes, from).await,
+                Some(ask) = inputs.asks.recv() => self.ask(ask).await,
+                ev = inputs.tunnels.recv() => match ev {
+                    Some((transport, ev)) => self.tunnel_event(transport, ev).await,
+                    None => {
+                        tracing::error!("every transport stopped");
+                        shutdown.as_mut().await;
+                        return MeshExit::Stopped;
+                    }
+                },
+                Some(internal) = self.internal_rx.recv() => self.internal(internal).await,
+                call = calls.recv(), if calls_open => match call {
+                    Some((request, reply)) => self.control(request, reply).await,
+                    None => calls_open = false,
+                },
+            }
+            self.drain_policy().await;
+        }
+    }
+
+    /// When no tunnel is up (any more): ask the registry for a bootstrap
+    /// peer again soon (2 s doubling, not the policy's whole minute: a
+    /// refused or failed bootstrap tunnel must not leave us alone for
+    /// long), and fetch the configuration (if our own certificate was
+    /// revoked, nobody gossips the news to us any more).
+    fn isolated(&mut self) {
+        if !self.table.up_peers().is_empty() || self.policy.is_none() {
+            return;
+        }
+        self.bootstrap_failures = self.bootstrap_failures.saturating_add(1);
+        let retry = bootstrap_retry(self.bootstrap_failures);
+        tracing::info!("no tunnel up: asking the registry again in {retry:?}");
+        if let Some(p) = &mut self.policy {
+            p.handle_bootstrap_failed(retry, Instant::now());
+        }
+        self.fetch_config();
+    }
+
+    /// Opens a tunnel on transport `t` to `remote`; `None` if the transport
+    /// stopped.
+    async fn open(
+        &self,
+        t: usize,
+        remote: std::net::SocketAddr,
+        expected: Option<NodePrefix>,
+    ) -> Option<TunnelKey> {
+        let transport = self.transports.list.get(t)?;
+        match transport.tunnels.connect(remote, expected).await {
+            Ok(id) => Some(TunnelKey { transport: t, id }),
+            Err(e) => {
+                tracing::warn!("{} transport: {e}", transport.proto);
+                None
+            }
+        }
+    }
+
+    /// `--client` mode: opens a tunnel to the next remote.
+    async fn client_connect(&mut self) {
+        let Some(c) = &self.client else { return };
+        if c.pending.is_some() || c.remotes.is_empty() {
+            return;
+        }
+        let remote = c.remotes[c.next % c.remotes.len()];
+        let plan = tunnels::plan(&[remote], &self.transports.protos(), &self.options.disabled);
+        let key = match plan.front() {
+            Some(&(t, addr)) => self.open(t, addr, None).await,
+            None => None,
+        };
+        let Some(c) = &mut self.client else { return };
+        c.next += 1;
+        match key {
+            Some(key) => {
+                tracing::info!("client mode: connecting to {remote}");
+                c.pending = Some(key);
+            }
+            None => {
+                tracing::warn!("client mode: cannot use {remote}");
+                self.schedule_client_retry();
+            }
+        }
+    }
+
+    fn schedule_client_retry(&self) {
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLIENT_RETRY).await;
+            let _ = tx.send(Internal::ClientRetry);
+        });
+    }
+
+    /// Reads the selected routes and feeds the policy with them.
+    async fn poll_routes(&mut self) {
+        let Some(dump) = self.handle.dump().await else {
+            return;
+        };
+        self.selected = dump
+            .routes
+            .iter()
+            .filter(|r| r.selected)
+            .map(|r| SelectedRoute {
+                prefix: r.prefix,
+                src_prefix: r.src_prefix,
+                ifindex: r.ifindex,
+            })
+            .collect();
+        let destinations = routes::destinations(&self.selected, &self.network, |i| {
+            self.table.peer_of_ifindex(i)
+        });
+        // Gossip: tell each tunnel peer our configuration version once it
+        // is routed (its re6st address is reachable).
+        let up = self.table.up_peers();
+        self.told_version.retain(|p| up.contains(p));
+        let newly: Vec<NodePrefix> = up
+            .into_iter()
+            .filter(|p| !self.told_version.contains(p))
+            .filter(|p| destinations.iter().any(|(d, _)| d == p))
+            .collect();
+        for peer in newly {
+            self.told_version.insert(peer);
+            let version = self.config.version;
+            self.peer.send(peer, &Body::ConfigVersion(version)).await;
+            // Learn its addresses too: we hand them to nodes that
+            // bootstrap through us (the registry's node) and reconnect
+            // with them after a restart.
+            self.peer.send(peer, &Body::AddressRequest).await;
+        }
+        if let Some(p) = &mut self.policy {
+            p.handle_routes(destinations, Instant::now());
+        }
+    }
+
+    /// Reads the host's addresses in a task ([`Internal::HostAddresses`]).
+    fn read_host_addresses(&self) {
+        let kernel = Arc::clone(&self.kernel);
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            match kernel.addresses(None).await {
+                Ok(list) => {
+                    let ips = list
+                        .iter()
+                        .filter(|a| !a.tentative)
+                        .map(|a| a.addr)
+                        .collect();
+                    let _ = tx.send(Internal::HostAddresses(ips));
+                }
+                Err(e) => tracing::warn!("cannot list the host's addresses: {e}"),
+            }
+        });
+    }
+
+    /// Fetches the configuration from the registry in a task
+    /// ([`Internal::Config`]), unless a fetch is in flight.
+    fn fetch_config(&mut self) {
+        if self.fetching {
+            return;
+        }
+        self.fetching = true;
+        let registry = self.registry.clone();
+        let auth = NodeAuth {
+            key: self.key.clone(),
+            serial: self.cert.serial(),
+        };
+        let ca_key = self.ca_key;
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let (signed, anonymous) = match registry.config(Some(&auth)).await {
+                    Ok(s) => (s, false),
+                    // Refused authentication: still learn the CRL.
+                    Err(ClientError::Api {
+                        status: 401 | 403, ..
+                    }) => (
+                        registry.config(None).await.map_err(|e| e.to_string())?,
+                        true,
+                    ),
+                    Err(e) => return Err(e.to_string()),
+                };
+                let config = signed.verify(&ca_key).map_err(|e| e.to_string())?;
+                let keys = if anonymous {
+                    None
+                } else {
+                    config
+                        .open_babel_keys(&auth.key)
+                        .map_err(|e| e.to_string())?
+                };
+                Ok(Box::new(FetchedConfig {
+                    config,
+                    keys,
+                    signed,
+                    anonymous,
+                }))
+            }
+            .await;
+            let _ = tx.send(Internal::Config(result));
+        });
+    }
+
+    /// Applies a newer configuration live.
+    async fn apply_config(&mut self, fetched: FetchedConfig) {
+        let FetchedConfig {
+            config,
+            keys,
+            signed,
+            anonymous,
+        } = fetched;
+        if anonymous && config.crl.contains(&self.cert.serial()) {
+            self.log("our certificate was revoked".into());
+            self.revoked = true;
+            return;
+        }
+        if config.version <= self.config.version {
+            return;
+        }
+        // An unauthenticated answer has no keys: keep ours.
+        let keys = if anonymous {
+            self.babel_keys.clone()
+        } else {
+            keys
+        };
+        let now = Instant::now();
+        let changes = Changes::between(
+            &self.config,
+            self.babel_keys.as_ref(),
+            &config,
+            keys.as_ref(),
+        );
+        self.log(format!(
+            "network configuration version {} -> {}",
+            self.config.version, config.version
+        ));
+        if config.crl.contains(&self.cert.serial()) {
+            self.log("our certificate was revoked".into());
+            self.revoked = true;
+        }
+        if changes.crl {
+            self.transports.set_revoked(&config.crl);
+            self.peer
+                .endpoint_mut()
+                .verifier_mut()
+                .set_revoked(config.crl.iter().copied());
+            if !changes.newly_revoked.is_empty() {
+                self.log(format!(
+                    "revoked serials {:?}: their tunnels close",
+                    changes.newly_revoked
+                ));
+            }
+        }
+        if changes.keys {
+            match keys.as_ref().map(routes::mac_config).transpose() {
+                Ok(mac) => {
+                    self.handle.set_mac(mac);
+                    self.log("babel MAC keys replaced".into());
+                }
+                Err(e) => tracing::warn!("new babel keys unusable, keeping the old ones: {e}"),
+            }
+        }
+        if changes.ipv4 {
+            tracing::warn!("IPv4 payload settings changed: the IPv4 payload is not supported yet");
+        }
+        let old_hello = self.hello_interval();
+        self.config = config;
+        self.babel_keys = keys;
+        if changes.hello && self.hello_interval() != old_hello {
+            let hello = self.hello_interval();
+            for (_, e) in self.table.iter() {
+                if let (Some(ifindex), Some(ll)) = (e.ifindex, e.link_local) {
+                    self.handle
+                        .add_interface(ifindex, routes::tunnel_interface(ll, hello, self.rtt));
+                }
+            }
+        }
+        if let Some(p) = &mut self.policy {
+            if changes.policy {
+                p.set_config(config::policy_config(&self.config, &self.options), now);
+            }
+            if changes.registry {
+                p.set_registry(config::registry_prefix(&self.config), now);
+            }
+        }
+        let body = serde_json::to_vec(&signed).unwrap_or_default();
+        if let Err(e) = self.cache.set_network_config(self.config.version, &body) {
+            tracing::warn!("peer cache: {e}");
+        }
+        // Gossip the new version to every tunnel peer.
+        let version = self.config.version;
+        for peer in self.table.up_peers() {
+            self.peer.send(peer, &Body::ConfigVersion(version)).await;
+        }
+    }
+
+    /// A datagram on the peer-protocol socket.
+    async fn peer_packet(&mut self, bytes: &[u8], from: std::net::SocketAddr) {
+        let message = match self.peer.endpoint_mut().open(bytes, SystemTime::now()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("peer message from {from} dropped: {e}");
+                return;
+            }
+        };
+        let Message { sender, body, .. } = message;
+        let now = Instant::now();
+        match body {
+            Body::AddressRequest => {
+                let list: Vec<Address> = self.announced.iter().map(|(a, _)| *a).collect();
+                let list = &list[..list.len().min(crate::node::peer_proto::wire::MAX_ADDRESSES)];
+                self.peer
+                    .send(sender, &Body::AddressReply(Addresses::List(list)))
+                    .await;
+            }
+            Body::AddressReply(addresses) => {
+                let list: Vec<Address> = addresses.iter().collect();
+                if let Err(e) = self.cache.set_addresses(sender, &list, SystemTime::now()) {
+                    tracing::warn!("peer cache: {e}");
+                }
+                if let Some(p) = &mut self.policy {
+                    p.handle_addresses(sender, list, now);
+                }
+            }
+            Body::ConfigVersion(version) => {
+                self.waiters.answer(sender, &Answer::Version(version));
+                if version > self.config.version {
+                    tracing::info!("{sender} has configuration version {version}: fetching it");
+                    self.fetch_config();
+                } else if version < self.config.version {
+                    let ours = self.config.version;
+                    self.peer.send(sender, &Body::ConfigVersion(ours)).await;
+                }
+            }
+            Body::RetireRequest { id } => {
+                let agreed = self
+                    .policy
+                    .as_mut()
+                    .is_some_and(|p| p.handle_retirement_request(sender, now));
+                let answer = match agreed {
+                    true => Body::RetireAck { id },
+                    false => Body::RetireNack {
+                        id,
+                        reason: if self.options.neighbours.contains(&sender) {
+                            NACK_PERSISTENT
+                        } else {
+                            NACK_NO_TUNNEL
+                        },
+                    },
+                };
+                self.peer.send(sender, &answer).await;
+            }
+            Body::RetireAck { id } => {
+                if let Some(p) = &mut self.policy {
+                    p.handle_retirement_reply(sender, id, true, now);
+                }
+            }
+            Body::RetireNack { id, reason } => {
+                tracing::info!("{sender} refused to retire our tunnel (reason {reason})");
+                if let Some(p) = &mut self.policy {
+                    p.handle_retirement_reply(sender, id, false, now);
+                }
+            }
+            Body::InfoRequest => {
+                let software = concat!("re6st ", env!("CARGO_PKG_VERSION"));
+                self.peer.send(sender, &Body::Info { software }).await;
+                let ours = self.config.version;
+                self.peer.send(sender, &Body::ConfigVersion(ours)).await;
+            }
+            Body::Info { software } => {
+                self.waiters
+                    .answer(sender, &Answer::Info(software.to_owned()));
+            }
+            Body::TopologyRequest => {
+                let peers = self.table.up_peers();
+                let max = (crate::node::peer_proto::wire::MAX_PACKET_LEN - 1024) / 17;
+                let peers = &peers[..peers.len().min(max)];
+                self.peer
+                    .send(sender, &Body::Topology(Prefixes::List(peers)))
+                    .await;
+            }
+            Body::Topology(prefixes) => {
+                let list = prefixes.iter().collect();
+                self.waiters.answer(sender, &Answer::Topology(list));
+            }
+        }
+    }
+
+    /// Sends a walk's question (unless the same one is in flight).
+    async fn ask(&mut self, ask: Ask) {
+        let (peer, question) = (ask.peer, ask.question);
+        if !self.waiters.add(ask) {
+            return;
+        }
+        let body = match question {
+            peers::Question::Topology => Body::TopologyRequest,
+            peers::Question::Info | peers::Question::Version => Body::InfoRequest,
+        };
+        self.peer.send(peer, &body).await;
+    }
+
+    /// Executes every action the policy asks for.
+    async fn drain_policy(&mut self) {
+        loop {
+            let Some(action) = self.policy.as_mut().and_then(Policy::poll_action) else {
+                return;
+            };
+            self.execute(action).await;
+        }
+    }
+
+    async fn execute(&mut self, action: Action<NodePrefix>) {
+        let now = Instant::now();
+        match action {
+            Action::Connect { peer, addresses } => {
+                let mut plan = tunnels::plan(
+                    &addresses,
+                    &self.transports.protos(),
+                    &self.options.disabled,
+                );
+                while let Some((t, remote)) = plan.pop_front() {
+                    if let Some(key) = self.open(t, remote, Some(peer)).await {
+                        tracing::info!("connecting to {peer} at {remote}");
+                        let proto = self.transports.protos()[t];
+                        self.table.opened(key, peer, proto, remote, plan, now);
+                        return;
+                    }
+                }
+                tracing::info!("no usable address for {peer}");
+                if let Some(p) = &mut self.policy {
+                    p.handle_connect_failed(peer, now);
+                }
+            }
+            Action::Close { peer, direction } => {
+                if let Some(key) = self.table.find(peer, direction) {
+                    self.close(key);
+                }
+            }
+            Action::RequestAddresses { peer } => {
+                self.peer.send(peer, &Body::AddressRequest).await;
+                let cached = match self.cache.peer(peer) {
+                    Ok(c) => c.map(|c| c.addresses).unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!("peer cache: {e}");
+                        Vec::new()
+                    }
+                };
+                if !cached.is_empty() {
+                    if let Some(p) = &mut self.policy {
+                        p.handle_addresses(peer, cached, now);
+                    }
+                }
+            }
+            Action::RequestBootstrapPeer => self.request_bootstrap(),
+            Action::RaiseCost { peer } => {
+                if let Some(ifindex) = self.table.ifindex_of_peer(peer) {
+                    self.handle
+                        .set_cost_multiplier(ifindex, None, RETIRING_COST);
+                }
+            }
+            Action::RestoreCost { peer } => {
+                if let Some(ifindex) = self.table.ifindex_of_peer(peer) {
+                    self.handle.set_cost_multiplier(ifindex, None, NORMAL_COST);
+                }
+            }
+            Action::RequestRetirement { peer, id } => {
+                self.log(format!("retiring our tunnel to {peer}"));
+                self.peer.send(peer, &Body::RetireRequest { id }).await;
+            }
+            Action::PeerFailed {
+                peer,
+                failures,
+                retry_at,
+            } => {
+                let at = SystemTime::now() + retry_at.saturating_duration_since(now);
+                if let Err(e) = self.cache.mark_failed(peer, failures, at) {
+                    tracing::warn!("peer cache: {e}");
+                }
+            }
+            Action::PeerSucceeded { peer } => {
+                if let Err(e) = self.cache.mark_succeeded(peer, SystemTime::now()) {
+                    tracing::warn!("peer cache: {e}");
+                }
+            }
+        }
+    }
+
+    /// Closes a tunnel and stops Babel on it at once.
+    fn close(&mut self, key: TunnelKey) {
+        if let Some(entry) = self.table.remove(key) {
+            if let Some(ifindex) = entry.ifindex {
+                self.handle.remove_interface(ifindex);
+            }
+            tracing::info!("closing the {} tunnel with {}", entry.proto, entry.peer);
+        }
+        self.transports.close(key);
+    }
+
+    /// Asks the registry for a bootstrap peer in a task.
+    fn request_bootstrap(&self) {
+        let registry = self.registry.clone();
+        let auth = NodeAuth {
+            key: self.key.clone(),
+            serial: self.cert.serial(),
+        };
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let answer = registry.bootstrap(&auth).await.map_err(|e| e.to_string())?;
+                open_bootstrap(&auth.key, &answer.prefix, &answer.sealed)
+            }
+            .await;
+            let _ = tx.send(Internal::Bootstrap(result));
+        });
+    }
+
+    /// Records an event for the status (and logs it).
+    fn log(&mut self, text: String) {
+        tracing::info!("{text}");
+        if self.events.len() == EVENT_RING {
+            self.events.pop_front();
+        }
+        self.events.push_back(Logged {
+            time: SystemTime::now(),
+            text,
+        });
+    }
+
+    fn hello_interval(&self) -> Duration {
+        self.options
+            .babel
+            .hello
+            .unwrap_or_else(|| Duration::from_secs(u64::from(self.config.hello.max(1))))
+    }
+
+    async fn tunnel_event(&mut self, transport: usize, ev: TunnelEvent) {
+        let now = Instant::now();
+        let proto = self.transports.protos()[transport];
+        match ev {
+            TunnelEvent::Up {
+                id,
+                interface,
+                peer,
+                addr,
+                initiated,
+            } => {
+                let key = TunnelKey { transport, id };
+                let client_tunnel = self.client.as_ref().is_some_and(|c| c.pending == Some(key));
+                // A --client tunnel was opened without knowing the peer:
+                // recorded now, as an incoming one would be.
+                let direction = self.table.up(
+                    key,
+                    peer.prefix,
+                    proto,
+                    interface.clone(),
+                    addr,
+                    initiated && !client_tunnel,
+                    now,
+                );
+                let Some(direction) = direction else {
+                    self.transports.close(key);
+                    return;
+                };
+                if client_tunnel {
+                    if let Some(e) = self.table.get_mut(key) {
+                        e.direction = Direction::Outgoing;
+                    }
+                } else if direction == Direction::Incoming {
+                    let accepted = match &mut self.policy {
+                        Some(p) => p.handle_incoming(peer.prefix, now),
+                        // --client mode: nobody may connect to us.
+                        None => false,
+                    };
+                    if !accepted {
+                        tracing::info!("refusing the tunnel from {} at {addr}", peer.prefix);
+                        self.table.remove(key);
+                        self.transports.close(key);
+                        return;
+                    }
+                }
+                if let Some(p) = &mut self.policy {
+                    p.handle_tunnel_up(peer.prefix, direction, now);
+                }
+                self.bootstrap_failures = 0;
+                self.log(format!(
+                    "{proto} tunnel {} {} at {addr} up on {interface}",
+                    if direction == Direction::Outgoing {
+                        "to"
+                    } else {
+                        "from"
+                    },
+                    peer.prefix
+                ));
+                self.prepare_interface(key, interface);
+            }
+            TunnelEvent::Down {
+                id,
+                interface,
+                reason,
+            } => {
+                let key = TunnelKey { transport, id };
+                if let Some(c) = &mut self.client {
+                    if c.pending == Some(key) {
+                        c.pending = None;
+                        self.table.remove(key);
+                        self.log(format!("{proto} client tunnel {id} down: {reason}"));
+                        self.schedule_client_retry();
+                        return;
+                    }
+                }
+                let Some(entry) = self.table.get(key).cloned() else {
+                    return;
+                };
+                if entry.direction == Direction::Outgoing && !entry.up {
+                    // Next address of the attempt, if any.
+                    if let Some((t, remote)) = self.table.next_address(key) {
+                        if let Some(new) = self.open(t, remote, Some(entry.peer)).await {
+                            let proto = self.transports.protos()[t];
+                            self.table.retried(key, new, proto, remote, now);
+                            return;
+                        }
+                    }
+                    self.table.remove(key);
+                    tracing::info!("cannot reach {}: {reason}", entry.peer);
+                    if let Some(p) = &mut self.policy {
+                        p.handle_connect_failed(entry.peer, now);
+                    }
+                    self.isolated();
+                    return;
+                }
+                self.table.remove(key);
+                if entry.up {
+                    if let Some(p) = &mut self.policy {
+                        p.handle_tunnel_down(entry.peer, entry.direction, now);
+                    }
+                }
+                self.isolated();
+                if let Some(ifindex) = entry.ifindex {
+                    // Forgets the neighbour and its routes at once.
+                    self.handle.remove_interface(ifindex);
+                }
+                self.log(format!(
+                    "{proto} tunnel with {} down ({}): {reason}",
+                    entry.peer,
+                    interface.as_deref().unwrap_or("never up")
+                ));
+            }
+            TunnelEvent::Roamed { id, addr } => {
+                let key = TunnelKey { transport, id };
+                if let Some(e) = self.table.get_mut(key) {
+                    e.remote = Some(addr);
+                }
+            }
+            TunnelEvent::Refused { addr, error } => {
+                tracing::debug!("{proto}: refused peer at {addr}: {error}");
+            }
+        }
+    }
+
+    /// Finds the interface's index and link-local address in a task, then
+    /// runs Babel on it ([`Internal::InterfaceReady`]).
+    fn prepare_interface(&self, key: TunnelKey, interface: String) {
+        let kernel = Arc::clone(&self.kernel);
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let index = kernel.link_index(&interface).await?;
+                let ll = routes::wait_link_local(&kernel, index).await?;
+                Ok::<_, crate::kernel::Error>((index, ll))
+            }
+            .await;
+            let _ = tx.send(match result {
+                Ok((ifindex, link_local)) => Internal::InterfaceReady {
+                    key,
+                    ifindex,
+                    link_local,
+                },
+                Err(e) => Internal::InterfaceFailed {
+                    key,
+                    error: format!("{interface}: {e}"),
+                },
+            });
+        });
+    }
+
+    async fn internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Bootstrap(Ok((peer, addresses))) => {
+                self.log(format!(
+                    "registry bootstrap peer: {peer} ({} addresses)",
+                    addresses.len()
+                ));
+                if let Some(p) = &mut self.policy {
+                    p.handle_bootstrap_peer(peer, addresses, Instant::now());
+                }
+            }
+            Internal::Bootstrap(Err(e)) => {
+                tracing::warn!("no bootstrap peer: {e}");
+                self.isolated();
+            }
+            Internal::ClientRetry => self.client_connect().await,
+            Internal::Config(Ok(fetched)) => {
+                self.fetching = false;
+                self.apply_config(*fetched).await;
+            }
+            Internal::Config(Err(e)) => {
+                self.fetching = false;
+                tracing::warn!("cannot fetch the network configuration: {e}");
+            }
+            Internal::HostAddresses(ips) => {
+                let list = addresses::announced(
+                    &self.options.ip,
+                    &self.options.pp,
+                    &ips,
+                    &self.network,
+                    self.client.is_some(),
+                );
+                if list != self.announced {
+                    let text: Vec<String> = list.iter().map(|(a, _)| a.to_string()).collect();
+                    self.log(format!("announcing {}", text.join(" ")));
+                    self.announced = list;
+                }
+            }
+            Internal::InterfaceReady {
+                key,
+                ifindex,
+                link_local,
+            } => {
+                if self.table.set_ifindex(key, ifindex, link_local) {
+                    let config =
+                        routes::tunnel_interface(link_local, self.hello_interval(), self.rtt);
+                    self.handle.add_interface(ifindex, config);
+                }
+            }
+            Internal::InterfaceFailed { key, error } => {
+                tracing::warn!("tunnel interface unusable, closing it: {error}");
+                self.transports.close(key);
+            }
+        }
+    }
+
+    /// Answers a control request; the mesh walks run in their own task
+    /// (their answers come through this loop) and reply from there.
+    async fn control(&mut self, request: Request, reply: tokio::sync::oneshot::Sender<Response>) {
+        let response = match request {
+            Request::Status { routes } => Response::Status(Box::new(self.status(routes).await)),
+            Request::BootstrapPeer => Response::BootstrapPeer(self.bootstrap_peer()),
+            Request::Topology => {
+                let walk =
+                    peers::topology(self.prefix, self.table.up_peers(), self.asks_tx.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(Response::Topology(walk.await));
+                });
+                return;
+            }
+            Request::Versions => {
+                self.poll_routes().await;
+                let mut nodes: Vec<NodePrefix> =
+                    routes::destinations(&self.selected, &self.network, |_| None)
+                        .into_iter()
+                        .map(|(d, _)| d)
+                        .collect();
+                nodes.retain(|n| *n != self.prefix);
+                let walk = peers::versions(nodes, self.asks_tx.clone());
+                let me = control::NodeVersion {
+                    prefix: self.prefix.to_string(),
+                    software: Some(concat!("re6st ", env!("CARGO_PKG_VERSION")).into()),
+                    config_version: Some(self.config.version),
+                };
+                tokio::spawn(async move {
+                    let mut list = walk.await;
+                    list.push(me);
+                    list.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+                    let _ = reply.send(Response::Versions(list));
+                });
+                return;
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    /// A random live tunnel peer whose addresses we know, for the
+    /// registry's bootstrap endpoint, or ourselves (our announced
+    /// addresses) when we have none, so that the first nodes can join the
+    /// registry's node; `None` when we announce nothing either.
+    fn bootstrap_peer(&self) -> Option<control::BootstrapPeer> {
+        use rand::seq::SliceRandom;
+        // Our tunnel peers first (certainly alive), else any routed node.
+        let routed: Vec<NodePrefix> = routes::destinations(&self.selected, &self.network, |_| None)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        let mut candidates: Vec<(NodePrefix, Vec<Address>)> = Vec::new();
+        for group in [self.table.up_peers(), routed] {
+            candidates = self.with_addresses(group);
+            if !candidates.is_empty() {
+                break;
+            }
+        }
+        candidates.shuffle(&mut rand::thread_rng());
+        let (peer, addresses) = candidates.pop().or_else(|| {
+            let ours: Vec<Address> = self.announced.iter().map(|(a, _)| *a).collect();
+            (!ours.is_empty()).then_some((self.prefix, ours))
+        })?;
+        Some(control::BootstrapPeer {
+            prefix: peer.to_string(),
+            addresses: addresses.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// The nodes of `peers` whose addresses the cache knows.
+    fn with_addresses(&self, peers: Vec<NodePrefix>) -> Vec<(NodePrefix, Vec<Address>)> {
+        peers
+            .into_iter()
+            .filter(|p| *p != self.prefix)
+            .filter_map(|p| {
+                let cached = self.cache.peer(p).ok().flatten()?;
+                (!cached.addresses.is_empty()).then_some((p, cached.addresses))
+            })
+            .collect()
+    }
+
+    async fn status(&self, with_routes: bool) -> control::Status {
+        let dump = self.handle.dump().await.unwrap_or_else(|| Dump {
+            router_id: [0; 8],
+            seqno: 0,
+            interfaces: Vec::new(),
+            neighbours: Vec::new(),
+            routes: Vec::new(),
+            sources: Vec::new(),
+            xroutes: Vec::new(),
+        });
+        let babel = self.handle.stats().await.unwrap_or_default();
+        let mut stats = std::collections::HashMap::new();
+        let mut locals = Vec::new();
+        for (transport, t) in self.transports.list.iter().enumerate() {
+            locals.push(t.tunnels.local_addr());
+            for s in t.tunnels.status().await.unwrap_or_default() {
+                stats.insert(
+                    TunnelKey {
+                        transport,
+                        id: s.id,
+                    },
+                    s.stats,
+                );
+            }
+        }
+        let mut names = self.lan_names.clone();
+        for (_, e) in self.table.iter() {
+            if let (Some(i), Some(n)) = (e.ifindex, &e.interface) {
+                names.insert(i, n.clone());
+            }
+        }
+        let policy: Vec<_> = self
+            .policy
+            .as_ref()
+            .map(|p| p.tunnels().collect())
+            .unwrap_or_default();
+        let snapshot = status::Snapshot {
+            identity: control::Identity {
+                prefix: self.prefix.to_string(),
+                subnet: routes::subnet_prefix(&self.network, &self.prefix)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                address: self.network.node_address(&self.prefix).ok(),
+                network: self.network.to_string(),
+                config_version: self.config.version,
+                software: env!("CARGO_PKG_VERSION").into(),
+                uptime_secs: self.started.elapsed().as_secs(),
+                cert_not_after: status::unix(self.cert.not_after()),
+            },
+            tunnels: self.table.iter().collect(),
+            stats: &stats,
+            locals: &locals,
+            policy: &policy,
+            dump: &dump,
+            babel,
+            names: &names,
+            with_routes,
+            peer_cache: self.cache.len().unwrap_or(0),
+            addresses: addresses::status(&self.announced),
+            peer_protocol: self.peer.stats(),
+            events: self
+                .events
+                .iter()
+                .map(|e| (e.time, e.text.clone()))
+                .collect(),
+            now: Instant::now(),
+        };
+        status::build(&snapshot)
+    }
+
+    /// Retracts our routes, closes every tunnel, lets the installer finish,
+    /// removes our kernel routes and prunes the cache.
+    async fn stop(&mut self) {
+        if let Some(router) = self.router.take() {
+            let _ = router.stop.send(());
+            match router.driver.await {
+                Ok(r) => tracing::info!("{} routes in the table at shutdown", r.route_count()),
+                Err(e) => tracing::warn!("babel driver: {e}"),
+            }
+            // The handles keep the driver's command channel open, not the
+            // route channel: the installer ends once the driver is dropped.
+            match router.installer.await {
+                Ok(Ok(stats)) => tracing::info!(
+                    "{} route changes applied, {} refused",
+                    stats.applied,
+                    stats.failed
+                ),
+                Ok(Err(e)) => tracing::warn!("route installer: {e}"),
+                Err(e) => tracing::warn!("route installer: {e}"),
+            }
+        }
+        // Dropping the handles stops the transports: tunnels close and
+        // their interfaces disappear.
+        self.transports.list.clear();
+        match self.kernel.flush_routes().await {
+            Ok(n) => tracing::info!("removed our {n} kernel routes"),
+            Err(e) => tracing::warn!("cannot remove our kernel routes: {e}"),
+        }
+        if let Err(e) = self.cache.prune(CACHE_KEEP) {
+            tracing::warn!("peer cache: {e}");
+        }
+    }
+}
+
+/// The pause before asking the registry again after `failures` failed
+/// bootstrap requests: 2 s doubling up to a minute.
+fn bootstrap_retry(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(5);
+    Duration::from_secs(2 << shift).min(Duration::from_secs(60))
+}
+
+/// Opens the registry's bootstrap answer: `sealed` is base64 of our
+/// sealed JSON list of `IP,PORT,PROTO` strings; unparsable entries are
+/// skipped.
+fn open_bootstrap(
+    key: &SigningKey,
+    prefix: &str,
+    sealed: &str,
+) -> Result<(NodePrefix, Vec<Address>), String> {
+    let peer: NodePrefix = prefix
+        .parse()
+        .map_err(|e| format!("bad bootstrap prefix {prefix:?}: {e}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|e| format!("bad bootstrap answer: {e}"))?;
+    let plain = crate::pki::open(key, &bytes).map_err(|e| format!("bad bootstrap answer: {e}"))?;
+    let list: Vec<String> =
+        serde_json::from_slice(&plain).map_err(|e| format!("bad bootstrap answer: {e}"))?;
+    let addresses = list.iter().filter_map(|a| a.parse().ok()).collect();
+    Ok((peer, addresses))
+}
+
+/// Seeds the policy with the cached peers and their backoff.
+fn seed_from_cache(policy: &mut Policy<NodePrefix>, cache: &PeerCache, now: Instant) {
+    let peers = match cache.peers() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("peer cache: {e}");
+            return;
+        }
+    };
+    let wall = SystemTime::now();
+    for p in peers {
+        let retry_at = p
+            .retry_at
+            .map(|at| now + at.duration_since(wall).unwrap_or_default());
+        policy.handle_cached_peer(p.prefix, p.addresses, p.failures, retry_at);
+    }
+}
+
+/// Peers kept in the cache at shutdown.
+const CACHE_KEEP: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_backoff_doubles_up_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| bootstrap_retry(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn bootstrap_answer_opened_with_our_key() {
+        let key = crate::pki::generate_key();
+        let list =
+            serde_json::to_vec(&["10.42.0.1,1194,udp", "junk", "10.42.0.1,1194,tcp"]).unwrap();
+        let sealed = base64::engine::general_purpose::STANDARD
+            .encode(crate::pki::seal(&key.verifying_key(), &list));
+        let (peer, addresses) = open_bootstrap(&key, "0/16", &sealed).unwrap();
+        assert_eq!(peer, NodePrefix::new(0, 16).unwrap());
+        assert_eq!(addresses.len(), 2);
+        assert_eq!(addresses[1].to_string(), "10.42.0.1,1194,tcp");
+        let other = crate::pki::generate_key();
+        assert!(open_bootstrap(&other, "0/16", &sealed).is_err());
+        assert!(open_bootstrap(&key, "0/x", &sealed).is_err());
+        assert!(open_bootstrap(&key, "0/16", "!!").is_err());
+    }
+}
