@@ -550,6 +550,44 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     );
     assert!(site.our_routes().trim().is_empty(), "{}", site.our_routes());
 
+    // Without CAP_NET_ADMIN the node says what it needs (skipped when
+    // setpriv is missing).
+    let has_setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_setpriv {
+        let out = site
+            .ns
+            .command("setpriv")
+            .args([
+                "--bounding-set",
+                "-net_admin",
+                "--inh-caps",
+                "-net_admin",
+                RE6ST,
+            ])
+            .args(["node", "--config", path(&site.path("node/re6st.toml"))])
+            .args([
+                "--state",
+                path(&site.path("state")),
+                "--run",
+                path(&site.path("run")),
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.ends_with(
+                "Operation not permitted (os error 1) (re6st node needs root, or CAP_NET_ADMIN)"
+            ),
+            "{stderr}"
+        );
+        assert!(site.our_routes().trim().is_empty(), "{}", site.our_routes());
+    }
+
     let node = site.start_node(&["-I", "main0"]);
     site.wait_up(address, "main0");
     let shown = site.ip(&["-6", "addr", "show", "dev", "main0"]);
@@ -751,12 +789,15 @@ fn a_revoked_node_says_so_and_exits_1() {
 }
 
 #[test]
-fn sigterm_while_waiting_for_the_registry_stops_cleanly_and_sighup_reopens_the_log() {
+fn waiting_for_the_registry_with_a_corrupt_cache_then_sighup_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("n");
     pki(&node, "1");
     let log = dir.path().join("node.log");
     let rotated = dir.path().join("node.log.1");
+    // A corrupt peer cache is moved aside, not a reason to stop.
+    std::fs::create_dir_all(node.join("state")).unwrap();
+    std::fs::write(node.join("state/peers.db"), b"this is not a database").unwrap();
     // Nothing listens on port 1: the registry is unreachable and no
     // configuration is cached, so the node keeps retrying.
     let mut child = Command::new(RE6ST)
@@ -832,7 +873,20 @@ fn sigterm_while_waiting_for_the_registry_stops_cleanly_and_sighup_reopens_the_l
         !text.contains('\x1b'),
         "no terminal colours in the log file"
     );
-    assert!(read(&rotated).contains("no cached configuration"));
+    let first = read(&rotated);
+    assert!(first.contains("no cached configuration"), "{first}");
+    assert!(first.contains("is corrupt"), "{first}");
+    let aside = std::fs::read_dir(node.join("state"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("peers.db.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
 }
 
 #[test]

@@ -30,7 +30,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use re6st::kernel::Kernel;
 use re6st::node::cache::PeerCache;
 use re6st::node::hooks::Hooks;
@@ -80,7 +79,7 @@ pub(crate) fn main(cmd: NodeCmd, verbose: u8) -> ExitCode {
     let log = match init_logging(options.log.as_deref(), verbose) {
         Ok(log) => log,
         Err(e) => {
-            eprintln!("re6st node: {e:#}");
+            eprintln!("re6st node: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -109,8 +108,8 @@ pub(crate) fn main(cmd: NodeCmd, verbose: u8) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(MeshExit::Revoked) => fail(EXIT_FAILURE, "our certificate was revoked", to_file),
-        Err(Failure::Usage(e)) => fail(EXIT_USAGE, &format!("{e:#}"), to_file),
-        Err(Failure::Runtime(e)) => fail(EXIT_FAILURE, &format!("{e:#}"), to_file),
+        Err(Failure::Usage(e)) => fail(EXIT_USAGE, &e.to_string(), to_file),
+        Err(Failure::Runtime(e)) => fail(EXIT_FAILURE, &e.to_string(), to_file),
     }
 }
 
@@ -124,7 +123,9 @@ fn fail(code: u8, message: &str, to_file: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// How `run` failed: the operator's input, or at run time.
+/// How `run` failed: the operator's input, or at run time. Each error's
+/// own message is complete (it names its cause): print it with `{}`, not
+/// `{:#}`, which would repeat the sources.
 enum Failure {
     Usage(anyhow::Error),
     Runtime(anyhow::Error),
@@ -172,7 +173,8 @@ impl Signals {
 }
 
 async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
-    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let mut signals =
+        Signals::install().map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
 
     let identity =
         startup::load_identity(&options.ca, &options.cert, &options.key, SystemTime::now())?;
@@ -200,7 +202,7 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
 
     // From here on we change the namespace's kernel state: one node only.
     let _namespace = startup::claim_namespace()?;
-    let kernel = Kernel::connect().context("netlink")?;
+    let kernel = Kernel::connect().map_err(|e| anyhow::anyhow!("{e}"))?;
     let leftovers = startup::remove_leftovers(&kernel, addrs.address).await?;
     if !leftovers.is_empty() {
         tracing::warn!(
@@ -210,8 +212,14 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
             leftovers.addresses.len()
         );
     }
-    let plumbing =
-        Plumbing::install(&kernel, &options.main_interface, &addrs, options.table).await?;
+    let plumbing = Plumbing::install(
+        &kernel,
+        &options.main_interface,
+        &addrs,
+        options.table,
+        prepared.config.ipv4.is_some(),
+    )
+    .await?;
     tracing::info!(
         "{} on {}, unreachable {}",
         addrs.address,
@@ -279,7 +287,7 @@ async fn prepare(
     tracing::info!("network configuration version {}", config.version);
     let babel_keys = config
         .open_babel_keys(&identity.key)
-        .context("network configuration")?;
+        .map_err(|e| anyhow::anyhow!("network configuration: {e}"))?;
     Ok(Prepared {
         identity,
         config,
@@ -396,11 +404,7 @@ async fn serve(
         };
         match verified.config.open_babel_keys(&identity.key) {
             Ok(keys) => (config, babel_keys) = (verified.config, keys),
-            Err(e) => {
-                break Err(anyhow::Error::from(e)
-                    .context("network configuration")
-                    .into())
-            }
+            Err(e) => break Err(anyhow::anyhow!("network configuration: {e}").into()),
         }
         cache = Some(reopened);
     };
@@ -531,7 +535,8 @@ fn init_logging(file: Option<&Path>, verbose: u8) -> anyhow::Result<Option<Arc<L
             let log = Arc::new(LogFile {
                 path: path.to_owned(),
                 file: Mutex::new(
-                    LogFile::open(path).with_context(|| format!("--log: {}", path.display()))?,
+                    LogFile::open(path)
+                        .map_err(|e| anyhow::anyhow!("--log: {}: {e}", path.display()))?,
                 ),
             });
             builder

@@ -36,9 +36,10 @@
 //!    (`lo` by default), an `unreachable` route for the whole network
 //!    prefix in the routing table of the node (so that packets to unknown
 //!    nodes of the network are refused instead of leaking to the default
-//!    route), and IPv6 forwarding switched on (a node routes for others).
-//!    [`Plumbing::remove`] undoes all three at exit (forwarding is put back
-//!    only if we switched it on).
+//!    route), and IPv6 forwarding switched on (a node routes for others;
+//!    IPv4 forwarding too when the configuration enables the IPv4
+//!    payload). [`Plumbing::remove`] undoes all three at exit (forwarding
+//!    is put back only if we switched it on).
 //!
 //! The sans-I/O parts (when to renew, the backoff schedule, which
 //! interfaces are leftovers, the node's addresses) are plain functions
@@ -76,6 +77,9 @@ pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The kernel setting switched on so that the node forwards packets.
 pub const FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// The same for IPv4, switched on when the network carries IPv4.
+pub const IPV4_FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Why the node cannot start (or stopped during start-up). Every message is
 /// one line saying what is wrong and where.
@@ -143,7 +147,7 @@ pub enum StartupError {
         source: io::Error,
     },
     /// The kernel refused a change.
-    #[error("{0}")]
+    #[error("{0}{hint}", hint = permission_hint(.0))]
     Kernel(#[from] kernel::Error),
     /// The main interface does not exist.
     #[error("main interface {0:?} does not exist (-I/--main-interface)")]
@@ -171,6 +175,15 @@ pub enum StartupError {
         /// Why.
         source: io::Error,
     },
+}
+
+/// What to do about a refusal for lack of privilege.
+fn permission_hint(e: &kernel::Error) -> &'static str {
+    if e.errno() == Some(libc::EPERM) {
+        " (re6st node needs root, or CAP_NET_ADMIN)"
+    } else {
+        ""
+    }
 }
 
 impl StartupError {
@@ -438,16 +451,11 @@ pub fn create_dir(dir: &Path, mode: u32) -> Result<(), StartupError> {
         })
 }
 
-/// Creates the state directory and opens the peer cache in it.
+/// Creates the state directory and opens the peer cache in it (a corrupt
+/// cache is moved aside with a warning by [`PeerCache::open`]).
 pub fn open_cache(state: &Path) -> Result<PeerCache, StartupError> {
     create_dir(state, 0o700)?;
-    let (cache, moved) = PeerCache::open(state)?;
-    if let Some(aside) = moved {
-        tracing::warn!(
-            "the peer cache was corrupt: moved to {} and started afresh",
-            aside.display()
-        );
-    }
+    let (cache, _moved_aside) = PeerCache::open(state)?;
     Ok(cache)
 }
 
@@ -841,8 +849,8 @@ pub struct Plumbing {
     pub address: Ipv6Addr,
     /// The unreachable route for the network.
     pub unreachable: Route,
-    /// The forwarding setting before we switched it on (`None`: it was on).
-    pub forwarding_was: Option<String>,
+    /// The forwarding settings we switched on, with their former values.
+    pub forwarding_was: Vec<(&'static str, String)>,
 }
 
 /// The unreachable route covering the whole `network` in `table`.
@@ -855,12 +863,14 @@ pub fn unreachable_route(network: Net, table: u32) -> Route {
 
 impl Plumbing {
     /// Adds our address (`/128`) to `main_interface`, the unreachable route
-    /// for the network in `table`, and switches IPv6 forwarding on.
+    /// for the network in `table`, and switches IPv6 forwarding on (IPv4
+    /// forwarding too if `ipv4`, when the network carries an IPv4 payload).
     pub async fn install(
         kernel: &Kernel,
         main_interface: &str,
         addrs: &NodeAddresses,
         table: u32,
+        ipv4: bool,
     ) -> Result<Self, StartupError> {
         let link = match kernel.link_by_name(main_interface).await {
             Ok(link) => link,
@@ -880,17 +890,22 @@ impl Plumbing {
             main_index: link.index,
             address: addrs.address,
             unreachable,
-            forwarding_was: None,
+            forwarding_was: Vec::new(),
         };
         if let Err(e) = kernel.apply(RouteOp::Replace(unreachable)).await {
             plumbing.remove(kernel).await;
             return Err(e.into());
         }
-        match enable_forwarding() {
-            Ok(was) => plumbing.forwarding_was = was,
-            Err(e) => {
-                plumbing.remove(kernel).await;
-                return Err(e);
+        let sysctls =
+            std::iter::once(FORWARDING_SYSCTL).chain(ipv4.then_some(IPV4_FORWARDING_SYSCTL));
+        for path in sysctls {
+            match switch_on(path) {
+                Ok(Some(was)) => plumbing.forwarding_was.push((path, was)),
+                Ok(None) => {}
+                Err(e) => {
+                    plumbing.remove(kernel).await;
+                    return Err(e);
+                }
             }
         }
         Ok(plumbing)
@@ -912,9 +927,9 @@ impl Plumbing {
                 tracing::warn!("{e}");
             }
         }
-        if let Some(was) = &self.forwarding_was {
-            if let Err(e) = std::fs::write(FORWARDING_SYSCTL, was) {
-                tracing::warn!("{FORWARDING_SYSCTL}: {e}");
+        for (path, was) in &self.forwarding_was {
+            if let Err(e) = std::fs::write(path, was) {
+                tracing::warn!("{path}: {e}");
             }
         }
     }
@@ -944,18 +959,16 @@ async fn add_address_nodad(
     Ok(())
 }
 
-/// Switches IPv6 forwarding on; returns the previous value when it was off.
-fn enable_forwarding() -> Result<Option<String>, StartupError> {
-    let err = |source| StartupError::Sysctl {
-        path: FORWARDING_SYSCTL,
-        source,
-    };
-    let was = std::fs::read_to_string(FORWARDING_SYSCTL).map_err(err)?;
+/// Writes `1` to the `/proc/sys` file `path`; returns the previous value
+/// when it was something else.
+fn switch_on(path: &'static str) -> Result<Option<String>, StartupError> {
+    let err = |source| StartupError::Sysctl { path, source };
+    let was = std::fs::read_to_string(path).map_err(err)?;
     if was.trim() == "1" {
         return Ok(None);
     }
-    std::fs::write(FORWARDING_SYSCTL, "1").map_err(err)?;
-    tracing::info!("IPv6 forwarding switched on ({FORWARDING_SYSCTL})");
+    std::fs::write(path, "1").map_err(err)?;
+    tracing::info!("forwarding switched on ({path})");
     Ok(Some(was.trim().to_owned()))
 }
 
