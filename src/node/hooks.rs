@@ -17,6 +17,9 @@
 //!   that doubles from 1 s up to 60 s while it keeps dying quickly, and
 //!   starts again from 1 s once it has run for a minute.
 //!
+//! Their standard input is `/dev/null`; their standard output and error
+//! are the node's (not the `--log` file).
+//!
 //! Each command runs in its own process group (the group of the shell we
 //! started, whose ID is that shell's PID), so that what the shell starts is
 //! stopped with it. At exit every hook still running gets `SIGTERM`, and
