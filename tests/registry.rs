@@ -1031,7 +1031,7 @@ fn bootstrap_topology_and_versions_through_the_registry_node() {
     let out = re6st(&["registry", "versions", "--registry", &reg.url()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(text.contains("0/16    0.1.0       3"), "{text}");
+    assert!(text.contains("0/16    0.1.0     3"), "{text}");
 
     // Nothing above touched the database.
     assert_eq!(reg.dump(), before);

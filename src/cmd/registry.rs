@@ -735,12 +735,18 @@ fn versions_text(nodes: &[NodeVersion]) -> String {
         .chain([6])
         .max()
         .unwrap_or(6);
-    let mut out = format!("{:<width$}  {:<10}  config\n", "prefix", "software");
+    let soft = nodes
+        .iter()
+        .filter_map(|n| n.software.as_ref().map(String::len))
+        .chain([8])
+        .max()
+        .unwrap_or(8);
+    let mut out = format!("{:<width$}  {:<soft$}  config\n", "prefix", "software");
     for n in nodes {
         match (&n.software, n.config_version) {
             (None, None) => out.push_str(&format!("{:<width$}  (did not answer)\n", n.prefix)),
             (software, config) => out.push_str(&format!(
-                "{:<width$}  {:<10}  {}\n",
+                "{:<width$}  {:<soft$}  {}\n",
                 n.prefix,
                 software.as_deref().unwrap_or("?"),
                 config.map_or_else(|| "?".to_owned(), |v| v.to_string())
@@ -800,16 +806,16 @@ mod tests {
             },
             NodeVersion {
                 prefix: "123456/20".into(),
-                software: Some("0.2.0".into()),
+                software: Some("re6st 0.2.0".into()),
                 config_version: None,
             },
         ];
         assert_eq!(
             versions_text(&nodes),
-            "prefix     software    config\n\
-             0/16       0.1.0       7\n\
+            "prefix     software     config\n\
+             0/16       0.1.0        7\n\
              5/16       (did not answer)\n\
-             123456/20  0.2.0       ?\n"
+             123456/20  re6st 0.2.0  ?\n"
         );
     }
 
