@@ -11,12 +11,15 @@
 //! - [`control`]: the control API on a Unix socket (`re6st status`, the
 //!   registry's bootstrap and admin views).
 //! - [`options`]: `re6st node`'s flags and configuration file.
+//! - [`nat`]: reachability behind NAT: UPnP port mapping, public address
+//!   learned from peers, hole punching and transport fallback.
 //!
 //! [`Address`] and [`Proto`] describe where a node can be reached; they are
 //! shared by all three.
 
 pub mod cache;
 pub mod control;
+pub mod nat;
 pub mod options;
 pub mod peer_proto;
 pub mod policy;
