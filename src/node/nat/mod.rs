@@ -3,5 +3,145 @@
 //!
 //! - [`upnp`]: UPnP IGD port mapping, a sans-I/O [`upnp::Mapper`] and its
 //!   tokio shell [`upnp::start`].
+//! - [`learn`]: our public address learned from what peers observe
+//!   (`--ip any`), and what it says about the NAT.
+//! - [`punch`]: UDP hole punching coordinated over the peer protocol, and
+//!   the transport fallback order.
+//!
+//! The peer-protocol messages they use are
+//! [`Body::Observed`](crate::node::peer_proto::wire::Body::Observed),
+//! `PunchRequest`, `PunchAccept` and `PunchRefuse` in
+//! [`crate::node::peer_proto::wire`].
 
+pub mod learn;
+pub mod punch;
 pub mod upnp;
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use crate::node::peer_proto::wire::{Body, MessageType, SIGNATURE_LEN};
+    use crate::node::peer_proto::{Message, Packet};
+    use crate::node::{Address, Proto};
+
+    fn address() -> impl Strategy<Value = Address> {
+        (
+            prop_oneof![
+                any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+                any::<[u8; 16]>().prop_map(std::net::IpAddr::from),
+            ],
+            1..=u16::MAX,
+            any::<u8>(),
+        )
+            .prop_map(|(ip, port, proto)| Address {
+                ip,
+                port,
+                proto: Proto::from(proto),
+            })
+    }
+
+    fn body() -> impl Strategy<Value = Body<'static>> {
+        prop_oneof![
+            address().prop_map(Body::Observed),
+            (any::<u32>(), address(), any::<u16>()).prop_map(|(id, endpoint, delay_ms)| {
+                Body::PunchRequest {
+                    id,
+                    endpoint,
+                    delay_ms,
+                }
+            }),
+            (any::<u32>(), address(), any::<u16>()).prop_map(|(id, endpoint, delay_ms)| {
+                Body::PunchAccept {
+                    id,
+                    endpoint,
+                    delay_ms,
+                }
+            }),
+            (any::<u32>(), any::<u8>()).prop_map(|(id, reason)| Body::PunchRefuse { id, reason }),
+        ]
+    }
+
+    proptest! {
+        /// The NAT messages survive emit then parse unchanged.
+        #[test]
+        fn nat_bodies_round_trip(body in body()) {
+            let mut buf = vec![0; body.buffer_len()];
+            let len = body.emit(&mut buf).unwrap();
+            prop_assert_eq!(len, buf.len());
+            let parsed = Body::parse(body.message_type(), &buf).unwrap();
+            prop_assert_eq!(parsed, body);
+            // One byte short or one too many is an error, never a panic.
+            prop_assert!(Body::parse(body.message_type(), &buf[..len - 1]).is_err());
+            buf.push(0);
+            prop_assert!(Body::parse(body.message_type(), &buf).is_err());
+        }
+    }
+
+    #[test]
+    fn nat_message_vectors() {
+        // Observed 198.51.100.7:40000 udp.
+        let observed = [4, 198, 51, 100, 7, 0x9c, 0x40, 1];
+        assert_eq!(
+            Body::parse(MessageType::Observed, &observed),
+            Ok(Body::Observed("198.51.100.7,40000,udp".parse().unwrap()))
+        );
+        // PunchRequest id 9, 198.51.100.7:1194 udp, 1500 ms.
+        let request = [0, 0, 0, 9, 4, 198, 51, 100, 7, 0x04, 0xaa, 1, 0x05, 0xdc];
+        assert_eq!(
+            Body::parse(MessageType::PunchRequest, &request),
+            Ok(Body::PunchRequest {
+                id: 9,
+                endpoint: "198.51.100.7,1194,udp".parse().unwrap(),
+                delay_ms: 1500,
+            })
+        );
+        assert_eq!(
+            Body::parse(MessageType::PunchRefuse, &[0, 0, 0, 9, 1]),
+            Ok(Body::PunchRefuse { id: 9, reason: 1 })
+        );
+        let bad: &[(MessageType, &[u8])] = &[
+            (MessageType::Observed, &[]),
+            (MessageType::Observed, &[5, 1, 2, 3, 4, 0, 1, 1]),
+            (MessageType::PunchRequest, &[0, 0, 0]),
+            (
+                MessageType::PunchAccept,
+                &[0, 0, 0, 9, 4, 1, 2, 3, 4, 0, 1, 1, 0],
+            ),
+            (MessageType::PunchRefuse, &[0, 0, 0, 9]),
+        ];
+        for (t, bytes) in bad {
+            assert!(Body::parse(*t, bytes).is_err(), "{t:?} {bytes:?}");
+        }
+        for (code, t) in [
+            (11, MessageType::Observed),
+            (12, MessageType::PunchRequest),
+            (13, MessageType::PunchAccept),
+            (14, MessageType::PunchRefuse),
+        ] {
+            assert_eq!(MessageType::from(code), t);
+            assert_eq!(u8::from(t), code);
+        }
+    }
+
+    /// The fuzz seeds parse and re-emit byte for byte, as the `peer_msg`
+    /// target checks.
+    #[test]
+    fn nat_fuzz_seeds_round_trip() {
+        let seeds: [&[u8]; 5] = [
+            include_bytes!("../../../fuzz/corpus/peer_msg/observed_v4"),
+            include_bytes!("../../../fuzz/corpus/peer_msg/observed_v6"),
+            include_bytes!("../../../fuzz/corpus/peer_msg/punch_request"),
+            include_bytes!("../../../fuzz/corpus/peer_msg/punch_accept"),
+            include_bytes!("../../../fuzz/corpus/peer_msg/punch_refuse"),
+        ];
+        for seed in seeds {
+            let packet = Packet::new_checked(seed).unwrap();
+            let message = Message::parse(&packet).unwrap();
+            let mut buf = vec![0; seed.len()];
+            let len = message.emit_unsigned(&mut buf).unwrap();
+            assert_eq!(len, seed.len());
+            assert_eq!(&buf[..len - SIGNATURE_LEN], &seed[..len - SIGNATURE_LEN]);
+        }
+    }
+}
