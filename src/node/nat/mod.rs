@@ -7,6 +7,8 @@
 //!   (`--ip any`), and what it says about the NAT.
 //! - [`punch`]: UDP hole punching coordinated over the peer protocol, and
 //!   the transport fallback order.
+//! - [`reachability`]: whether others can reach us, hence whether the
+//!   tunnel policy limits itself to 2 outgoing tunnels.
 //!
 //! The peer-protocol messages they use are
 //! [`Body::Observed`](crate::node::peer_proto::wire::Body::Observed),
@@ -17,13 +19,91 @@ pub mod learn;
 pub mod punch;
 pub mod upnp;
 
+use std::net::IpAddr;
+
+/// Whether other nodes can open tunnels to us, which decides how many
+/// outgoing tunnels we keep (at most 2 while [`Reachability::Unreachable`],
+/// as re6stnet does, unless hole punching gives us more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reachability {
+    /// An address was configured (`--ip ADDRESS`), or peers see one of our
+    /// own addresses: no NAT in the way.
+    Public,
+    /// The UPnP gateway forwards at least one of our ports.
+    Mapped,
+    /// Peers see an address that is not ours and nothing forwards to us.
+    Unreachable,
+    /// Not known yet (no mapping, not enough observations).
+    Unknown,
+}
+
+impl Reachability {
+    /// Whether the tunnel policy must limit itself to 2 outgoing tunnels.
+    pub fn limits_tunnels(self) -> bool {
+        self == Self::Unreachable
+    }
+}
+
+/// Decides [`Reachability`] from what we know: whether addresses were
+/// configured, whether UPnP maps a port, the public IP peers agree on
+/// ([`learn::Learner::public_ip`]) and the host's own addresses.
+pub fn reachability(
+    configured: bool,
+    upnp_mapped: bool,
+    learned: Option<IpAddr>,
+    local: &[IpAddr],
+) -> Reachability {
+    if configured {
+        Reachability::Public
+    } else if upnp_mapped {
+        Reachability::Mapped
+    } else {
+        match learned {
+            Some(ip) if local.contains(&ip) => Reachability::Public,
+            Some(_) => Reachability::Unreachable,
+            None => Reachability::Unknown,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
+    use super::{reachability, Reachability};
     use crate::node::peer_proto::wire::{Body, MessageType, SIGNATURE_LEN};
     use crate::node::peer_proto::{Message, Packet};
     use crate::node::{Address, Proto};
+
+    #[test]
+    fn reachability_table() {
+        let public: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        let lan: std::net::IpAddr = "192.168.1.2".parse().unwrap();
+        let cases = [
+            (true, false, None, &[lan][..], Reachability::Public),
+            (false, true, Some(public), &[lan][..], Reachability::Mapped),
+            (
+                false,
+                false,
+                Some(public),
+                &[lan, public][..],
+                Reachability::Public,
+            ),
+            (
+                false,
+                false,
+                Some(public),
+                &[lan][..],
+                Reachability::Unreachable,
+            ),
+            (false, false, None, &[lan][..], Reachability::Unknown),
+        ];
+        for (configured, mapped, learned, local, expect) in cases {
+            let got = reachability(configured, mapped, learned, local);
+            assert_eq!(got, expect, "{configured} {mapped} {learned:?}");
+            assert_eq!(got.limits_tunnels(), expect == Reachability::Unreachable);
+        }
+    }
 
     fn address() -> impl Strategy<Value = Address> {
         (
