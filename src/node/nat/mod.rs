@@ -10,6 +10,43 @@
 //! - [`reachability`]: whether others can reach us, hence whether the
 //!   tunnel policy limits itself to 2 outgoing tunnels.
 //!
+//! # How the mesh loop drives them
+//!
+//! - **UPnP** (`--ip upnp`, or no `--ip`): at start,
+//!   `upnp::start(UpnpConfig::default(), upnp::wanted(&pp), rng)` (`pp`:
+//!   `options.pp` as `(port, proto)` pairs) inside
+//!   the runtime; watch `handle.status()` and, on each change, replace the
+//!   UPnP-sourced announced addresses with the `mapped` entries (external
+//!   IP + external port + transport; `Mapper::announced` builds the
+//!   `control::AnnouncedAddress`es, source `upnp`); put the status in
+//!   `re6st status`. On shutdown, `handle.stop().await` before closing the
+//!   transports (it removes every mapping).
+//! - **Learning** (`--ip any`, and alongside UPnP): when a tunnel comes up
+//!   or roams, send the peer `Body::Observed(addr)` with the underlay
+//!   address the tunnel event reports for it (its transport as `proto`). On
+//!   receiving `Observed` from peer P: `learner.handle_observed(P, addr,
+//!   now)`; on revocation or tunnel loss: `handle_peer_gone`; arm
+//!   `poll_timeout` and call `handle_timeout`; on
+//!   `LearnEvent::PublicIp(ip)` re-announce `learner.announced(&pp)`
+//!   (source `peers`) and answer `AddressRequest`s with them.
+//! - **Reachability**: recompute [`reachability`] whenever the above
+//!   change; while [`Reachability::limits_tunnels`], cap outgoing tunnels
+//!   at 2.
+//! - **Punching**: when a wanted peer P's addresses all failed and neither
+//!   side is reachable, `puncher.connect(P, learner.endpoint(Proto::Udp),
+//!   now)`. Feed `PunchMessage::from_body` of received peer messages to
+//!   `handle_message(P, msg, learner.endpoint(Proto::Udp), wanted, now)`.
+//!   Drain `poll_action`: `Send` -> seal `message.to_body()` to P;
+//!   `Handshake { attempt: 0 }` -> `udp_tunnels.connect(endpoint,
+//!   Some(P))`, later attempts -> a fresh handshake to the same endpoint if
+//!   the transport does not retransmit by itself. A udp `TunnelEvent::Up`
+//!   from P -> `handle_tunnel_up(&P)`. `PunchEvent::Failed` -> keep
+//!   routing through the mesh and do not retry P before the next tunnel
+//!   refresh.
+//! - **Transport fallback**: after udp handshakes to a peer fail, connect
+//!   to `punch::fallback(&its_addresses, &options.disabled,
+//!   &failed_protos)`; `None` means route through the mesh.
+//!
 //! The peer-protocol messages they use are
 //! [`Body::Observed`](crate::node::peer_proto::wire::Body::Observed),
 //! `PunchRequest`, `PunchAccept` and `PunchRefuse` in
