@@ -258,6 +258,14 @@ fn upnp_maps_ports_through_miniupnpd_and_removes_them() {
                 .unwrap()
         };
         let (udp_ext, tcp_ext) = (port_of("udp"), port_of("tcp"));
+        let announced: Vec<String> = status.announced().into_iter().map(|a| a.address).collect();
+        assert_eq!(
+            announced,
+            [
+                format!("{GW_EXT},{udp_ext},udp"),
+                format!("{GW_EXT},{tcp_ext},tcp")
+            ]
+        );
         let rules = redirections(&t.gw);
         assert!(rules.contains(&format!("dport {udp_ext}")), "{rules}");
         assert!(rules.contains(&format!("dport {tcp_ext}")), "{rules}");

@@ -17,7 +17,7 @@
 //!   `options.pp` as `(port, proto)` pairs) inside
 //!   the runtime; watch `handle.status()` and, on each change, replace the
 //!   UPnP-sourced announced addresses with the `mapped` entries (external
-//!   IP + external port + transport; `Mapper::announced` builds the
+//!   IP + external port + transport; `UpnpStatus::announced` builds the
 //!   `control::AnnouncedAddress`es, source `upnp`); put the status in
 //!   `re6st status`. On shutdown, `handle.stop().await` before closing the
 //!   transports (it removes every mapping).

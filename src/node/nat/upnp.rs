@@ -177,6 +177,45 @@ pub struct UpnpStatus {
     pub mappings: Vec<MappingStatus>,
 }
 
+impl UpnpStatus {
+    /// The addresses to announce: the external IP with each mapped
+    /// external port and its transport (the same as [`Mapper::addresses`]).
+    pub fn addresses(&self) -> Vec<Address> {
+        let Some(ip) = self.external_ip else {
+            return Vec::new();
+        };
+        if self.state != "ready" {
+            return Vec::new();
+        }
+        self.mappings
+            .iter()
+            .filter_map(|m| {
+                Some(Address {
+                    ip,
+                    port: m.external_port?,
+                    proto: m.proto.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// [`UpnpStatus::addresses`] as `re6st status` shows them (source
+    /// `upnp`).
+    pub fn announced(&self) -> Vec<AnnouncedAddress> {
+        announced(self.addresses())
+    }
+}
+
+fn announced(addresses: Vec<Address>) -> Vec<AnnouncedAddress> {
+    addresses
+        .into_iter()
+        .map(|a| AnnouncedAddress {
+            address: a.to_string(),
+            source: "upnp".to_owned(),
+        })
+        .collect()
+}
+
 /// One mapping in [`UpnpStatus`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MappingStatus {
@@ -312,13 +351,7 @@ impl<R: RngCore> Mapper<R> {
 
     /// [`Mapper::addresses`] as `re6st status` shows them (source `upnp`).
     pub fn announced(&self) -> Vec<AnnouncedAddress> {
-        self.addresses()
-            .into_iter()
-            .map(|a| AnnouncedAddress {
-                address: a.to_string(),
-                source: "upnp".to_owned(),
-            })
-            .collect()
+        announced(self.addresses())
     }
 
     /// The state for `re6st status`.
@@ -996,6 +1029,8 @@ mod tests {
             format!("203.0.113.7,{},tcp", ports[1])
         );
         assert!(m.announced().iter().all(|a| a.source == "upnp"));
+        assert_eq!(m.status().addresses(), addrs);
+        assert_eq!(m.status().announced(), m.announced());
         let status = m.status();
         assert_eq!(status.state, "ready");
         assert_eq!(status.gateway, Some(gw()));
