@@ -18,15 +18,18 @@
 //! - [`startup`]: what the daemon does before and after the mesh loop
 //!   (credentials, configuration, renewal, leftovers, address and routes).
 //! - [`hooks`]: the `--up` and supervised `--daemon` commands.
+//! - [`nat`]: reachability behind NAT: UPnP port mapping, public address
+//!   learned from peers, hole punching and transport fallback.
 //!
 //! [`Address`] and [`Proto`] describe where a node can be reached; they are
-//! shared by all three.
+//! shared by all of them.
 
 pub mod cache;
 pub mod control;
 pub mod hooks;
 pub mod mesh;
 pub mod metrics;
+pub mod nat;
 pub mod options;
 pub mod peer_proto;
 pub mod policy;

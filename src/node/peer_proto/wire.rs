@@ -115,6 +115,15 @@ pub enum MessageType {
     TopologyRequest,
     /// The sender's tunnel neighbours.
     Topology,
+    /// The underlay address the sender sees the recipient's packets come
+    /// from (NAT: learning our public address).
+    Observed,
+    /// Ask the recipient to punch a UDP hole towards the sender.
+    PunchRequest,
+    /// The recipient agrees to punch, and says where to.
+    PunchAccept,
+    /// The recipient refuses to punch.
+    PunchRefuse,
     /// A code point this version does not know.
     Unknown(u8),
 }
@@ -132,6 +141,10 @@ impl From<u8> for MessageType {
             8 => Self::Info,
             9 => Self::TopologyRequest,
             10 => Self::Topology,
+            11 => Self::Observed,
+            12 => Self::PunchRequest,
+            13 => Self::PunchAccept,
+            14 => Self::PunchRefuse,
             other => Self::Unknown(other),
         }
     }
@@ -150,6 +163,10 @@ impl From<MessageType> for u8 {
             MessageType::Info => 8,
             MessageType::TopologyRequest => 9,
             MessageType::Topology => 10,
+            MessageType::Observed => 11,
+            MessageType::PunchRequest => 12,
+            MessageType::PunchAccept => 13,
+            MessageType::PunchRefuse => 14,
             MessageType::Unknown(other) => other,
         }
     }
@@ -405,6 +422,38 @@ pub enum Body<'a> {
     TopologyRequest,
     /// The sender's tunnel neighbours.
     Topology(Prefixes<'a>),
+    /// The underlay address (and transport) the sender sees the
+    /// recipient's tunnel packets come from.
+    Observed(Address),
+    /// Ask the recipient to send UDP handshakes to `endpoint` (the sender's
+    /// public UDP endpoint) from `delay_ms` after receipt, while the sender
+    /// does the same towards the endpoint of the [`Body::PunchAccept`].
+    PunchRequest {
+        /// Matches the answer to the request.
+        id: u32,
+        /// The sender's public UDP endpoint.
+        endpoint: Address,
+        /// Milliseconds between receipt and the first handshake.
+        delay_ms: u16,
+    },
+    /// The recipient agrees: it punches towards the request's endpoint from
+    /// `delay_ms` after sending this.
+    PunchAccept {
+        /// The request's id.
+        id: u32,
+        /// The recipient's public UDP endpoint.
+        endpoint: Address,
+        /// Milliseconds between sending this and the first handshake.
+        delay_ms: u16,
+    },
+    /// The recipient refuses to punch.
+    PunchRefuse {
+        /// The request's id.
+        id: u32,
+        /// Why (0 unspecified, 1 no public UDP endpoint, 2 busy, 3 not
+        /// wanted).
+        reason: u8,
+    },
 }
 
 impl<'a> Body<'a> {
@@ -421,6 +470,10 @@ impl<'a> Body<'a> {
             Self::Info { .. } => MessageType::Info,
             Self::TopologyRequest => MessageType::TopologyRequest,
             Self::Topology(_) => MessageType::Topology,
+            Self::Observed(_) => MessageType::Observed,
+            Self::PunchRequest { .. } => MessageType::PunchRequest,
+            Self::PunchAccept { .. } => MessageType::PunchAccept,
+            Self::PunchRefuse { .. } => MessageType::PunchRefuse,
         }
     }
 
@@ -511,6 +564,43 @@ impl<'a> Body<'a> {
                 }
                 Self::Topology(Prefixes::Wire(rest))
             }
+            MessageType::Observed => {
+                let (addr, used) = read_address(b)?;
+                exact(used)?;
+                Self::Observed(addr)
+            }
+            MessageType::PunchRequest | MessageType::PunchAccept => {
+                let (id, rest) = b.split_at_checked(4).ok_or(WireError::Truncated("body"))?;
+                let (endpoint, used) = read_address(rest)?;
+                let rest = &rest[used..];
+                match rest.len().cmp(&2) {
+                    std::cmp::Ordering::Less => return Err(WireError::Truncated("punch delay")),
+                    std::cmp::Ordering::Greater => return Err(WireError::Trailing("body")),
+                    std::cmp::Ordering::Equal => {}
+                }
+                let id = u32::from_be_bytes(array(id));
+                let delay_ms = u16::from_be_bytes(array(rest));
+                if t == MessageType::PunchRequest {
+                    Self::PunchRequest {
+                        id,
+                        endpoint,
+                        delay_ms,
+                    }
+                } else {
+                    Self::PunchAccept {
+                        id,
+                        endpoint,
+                        delay_ms,
+                    }
+                }
+            }
+            MessageType::PunchRefuse => {
+                exact(5)?;
+                Self::PunchRefuse {
+                    id: u32::from_be_bytes(array(&b[..4])),
+                    reason: b[4],
+                }
+            }
             MessageType::Unknown(code) => return Err(WireError::UnknownType(code)),
         })
     }
@@ -525,6 +615,11 @@ impl<'a> Body<'a> {
             Self::AddressReply(a) => a.emitted_len(),
             Self::Info { software } => 1 + software.len(),
             Self::Topology(p) => 2 + 17 * p.len(),
+            Self::Observed(a) => address_len(a),
+            Self::PunchRequest { endpoint, .. } | Self::PunchAccept { endpoint, .. } => {
+                4 + address_len(endpoint) + 2
+            }
+            Self::PunchRefuse { .. } => 5,
         }
     }
 
@@ -556,9 +651,26 @@ impl<'a> Body<'a> {
             Self::RetireRequest { id } | Self::RetireAck { id } => {
                 buf[..4].copy_from_slice(&id.to_be_bytes());
             }
-            Self::RetireNack { id, reason } => {
+            Self::RetireNack { id, reason } | Self::PunchRefuse { id, reason } => {
                 buf[..4].copy_from_slice(&id.to_be_bytes());
                 buf[4] = *reason;
+            }
+            Self::Observed(a) => {
+                write_address(a, buf);
+            }
+            Self::PunchRequest {
+                id,
+                endpoint,
+                delay_ms,
+            }
+            | Self::PunchAccept {
+                id,
+                endpoint,
+                delay_ms,
+            } => {
+                buf[..4].copy_from_slice(&id.to_be_bytes());
+                let at = 4 + write_address(endpoint, &mut buf[4..]);
+                buf[at..at + 2].copy_from_slice(&delay_ms.to_be_bytes());
             }
             Self::AddressReply(a) => {
                 // At most MAX_ADDRESSES (validated), so it fits a byte.
