@@ -839,6 +839,14 @@ impl Mesh {
                 let list = prefixes.iter().collect();
                 self.waiters.answer(sender, &Answer::Topology(list));
             }
+            // NAT traversal (`node::nat`) is not driven by this loop yet.
+            Body::Observed(_)
+            | Body::PunchRequest { .. }
+            | Body::PunchAccept { .. }
+            | Body::PunchRefuse { .. } => {
+                let kind = body.message_type();
+                tracing::debug!("{sender}: {kind:?} ignored (NAT traversal not enabled)");
+            }
         }
     }
 
