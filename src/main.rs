@@ -31,6 +31,9 @@ enum Command {
     /// transport (tests and benchmarks).
     #[command(hide = true)]
     Tunnel(cmd::tunnel::TunnelArgs),
+    /// Simulate a whole network (real router and tunnel policy, virtual
+    /// tunnels and clock) and report its figures.
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Conf(a) => cmd::conf::run(a),
         Command::Babel(args) => cmd::babel::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

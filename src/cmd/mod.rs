@@ -4,4 +4,5 @@
 pub(crate) mod babel;
 pub(crate) mod conf;
 pub(crate) mod registry;
+pub(crate) mod simulate;
 pub(crate) mod tunnel;
