@@ -54,8 +54,9 @@ pub(crate) struct Args {
     /// Tunnel refresh period in seconds (0 disables refreshing).
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     refresh: u64,
-    /// Babel hello interval on tunnels, in seconds.
-    #[arg(long, default_value_t = 4.0, value_name = "SECS")]
+    /// Babel hello interval on tunnels, in seconds (the network
+    /// configuration's default, as in re6stnet).
+    #[arg(long, default_value_t = 15.0, value_name = "SECS")]
     hello: f64,
     /// Underlay one-way latency range in milliseconds, `MIN-MAX`.
     #[arg(long, default_value = "5-80", value_name = "MIN-MAX")]

@@ -65,7 +65,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// The tunnel policy's parameters (client_count, refresh period, ...).
     pub policy: PolicyConfig,
-    /// Babel hello interval on tunnels (updates every 4 hellos).
+    /// Babel hello interval on tunnels (updates every 4 hellos); the
+    /// network configuration's default is 15 s, as in re6stnet.
     pub hello_interval: Duration,
     /// Smallest one-way underlay latency between two machines.
     pub latency_min: Duration,
@@ -92,7 +93,7 @@ impl Default for SimConfig {
         Self {
             seed: 1,
             policy: PolicyConfig::default(),
-            hello_interval: Duration::from_secs(4),
+            hello_interval: Duration::from_secs(15),
             latency_min: Duration::from_millis(5),
             latency_max: Duration::from_millis(80),
             jitter: Duration::from_millis(2),
