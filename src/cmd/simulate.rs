@@ -180,6 +180,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 /// Runs one scenario, adding wall time and memory to its figures.
 fn run_one(s: Scenario, params: &Params) -> Report {
     let start = Instant::now();
+    let cpu_before = cpu_seconds();
     let rss_before = rss_kib();
     let mut at_end = Vec::new();
     let mut report = scenario::run_with(s, params, |sim: &Sim| {
@@ -200,6 +201,10 @@ fn run_one(s: Scenario, params: &Params) -> Report {
         "wall_s".to_owned(),
         format!("{:.1}", start.elapsed().as_secs_f64()),
     ));
+    report.figures.push((
+        "cpu_s".to_owned(),
+        format!("{:.1}", cpu_seconds() - cpu_before),
+    ));
     report
 }
 
@@ -218,6 +223,7 @@ fn sweep(args: &Args, params: &dyn Fn(usize) -> Params) -> anyhow::Result<()> {
         "steady_babel_routes_per_node",
         "rss_per_node_kib",
         "wall_s",
+        "cpu_s",
     ];
     let mut csv = columns.join(",");
     csv.push('\n');
@@ -317,6 +323,23 @@ fn status_kib(field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// User and system CPU time of this process, in seconds (from
+/// `/proc/self/stat`, in clock ticks of 1/100 s; 0 when unavailable).
+fn cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces).
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
 }
 
 fn rss_kib() -> u64 {
