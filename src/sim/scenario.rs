@@ -122,7 +122,9 @@ pub struct Report {
 
 impl Report {
     fn put(&mut self, name: &str, value: impl ToString) {
-        self.figures.push((name.to_owned(), value.to_string()));
+        let value = value.to_string();
+        tracing::info!("{name} = {value}");
+        self.figures.push((name.to_owned(), value));
     }
 
     /// A figure by name.
@@ -247,6 +249,13 @@ impl Run {
 
     fn sample(&mut self, phase: &'static str) -> Reach {
         let reach = measure::pairs(&self.sim, &self.pairs);
+        tracing::debug!(
+            t = self.sim.elapsed().as_secs(),
+            phase,
+            reached = reach.fraction(),
+            loops = reach.loops,
+            "sample"
+        );
         self.report.samples.push(Sample {
             t: self.sim.elapsed().as_secs_f64(),
             phase,
