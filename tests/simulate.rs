@@ -39,7 +39,7 @@ fn sweep_writes_csv_and_svg() {
     let csv = std::fs::read_to_string(dir.path().join("sweep.csv")).expect("sweep.csv");
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
-    assert!(lines[0].starts_with("nodes,all_pairs_after_last_join_s,"));
+    assert!(lines[0].starts_with("nodes,client_count,all_pairs_after_last_join_s,"));
     assert!(
         lines[1].starts_with("20,") && lines[2].starts_with("40,"),
         "{csv}"
@@ -51,6 +51,16 @@ fn sweep_writes_csv_and_svg() {
     }
     let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).expect("sweep.svg");
     assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    // --plot redraws the same chart from the CSV alone.
+    std::fs::remove_file(dir.path().join("sweep.svg")).expect("remove sweep.svg");
+    let out = re6st()
+        .args(["simulate", "--plot"])
+        .arg(dir.path().join("sweep.csv"))
+        .output()
+        .expect("run re6st simulate --plot");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = std::fs::read_to_string(dir.path().join("sweep.svg")).expect("sweep.svg");
+    assert_eq!(again, svg);
 }
 
 #[test]

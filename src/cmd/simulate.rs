@@ -86,6 +86,10 @@ pub(crate) struct Args {
     /// curve (e.g. `100,1000,10000`).
     #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
     sweep: Vec<usize>,
+    /// Redraw the SVG of an existing `sweep.csv` (written next to it) and
+    /// exit.
+    #[arg(long, value_name = "SWEEP.CSV")]
+    plot: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -115,7 +119,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             args.hello
         );
     }
-    if args.nodes < 2 && args.sweep.is_empty() {
+    if args.nodes < 2 && args.sweep.is_empty() && args.plot.is_none() {
         bail!("--nodes {}: at least 2 nodes", args.nodes);
     }
     let policy = PolicyConfig {
@@ -148,6 +152,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--out {}: cannot create the directory", dir.display()))?;
+    }
+    if let Some(csv) = &args.plot {
+        return replot(csv);
     }
     if !args.sweep.is_empty() {
         return sweep(&args, &params);
@@ -208,48 +215,82 @@ fn run_one(s: Scenario, params: &Params) -> Report {
     report
 }
 
+/// Columns of `sweep.csv`.
+const SWEEP_COLUMNS: [&str; 15] = [
+    "nodes",
+    "client_count",
+    "all_pairs_after_last_join_s",
+    "steady_route_path_avg_hops",
+    "steady_graph_avg_distance",
+    "steady_graph_diameter",
+    "steady_loops",
+    "steady_all_pairs_reached",
+    "babel_packets_per_node_s",
+    "babel_bytes_per_node_s",
+    "peer_messages_per_node_s",
+    "steady_babel_routes_per_node",
+    "rss_per_node_kib",
+    "wall_s",
+    "cpu_s",
+];
+
+/// Runs the bootstrap scenario at each size; rewrites `sweep.csv` and
+/// `sweep.svg` after each one, so a long sweep leaves its results so far.
 fn sweep(args: &Args, params: &dyn Fn(usize) -> Params) -> anyhow::Result<()> {
-    let columns = [
-        "nodes",
-        "all_pairs_after_last_join_s",
-        "steady_route_path_avg_hops",
-        "steady_graph_avg_distance",
-        "steady_graph_diameter",
-        "steady_loops",
-        "steady_all_pairs_reached",
-        "babel_packets_per_node_s",
-        "babel_bytes_per_node_s",
-        "peer_messages_per_node_s",
-        "steady_babel_routes_per_node",
-        "rss_per_node_kib",
-        "wall_s",
-        "cpu_s",
-    ];
-    let mut csv = columns.join(",");
+    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
+    let mut csv = SWEEP_COLUMNS.join(",");
     csv.push('\n');
-    let mut rows = Vec::new();
     for &n in &args.sweep {
         let report = run_one(Scenario::Bootstrap, &params(n));
         println!("{}", report.table());
-        let row: Vec<String> = columns
+        let row: Vec<String> = SWEEP_COLUMNS
             .iter()
             .map(|c| report.figure(c).unwrap_or("").to_owned())
             .collect();
         let _ = writeln!(csv, "{}", row.join(","));
-        rows.push(report);
+        write(dir.join("sweep.csv"), &csv)?;
+        write(dir.join("sweep.svg"), &plot(&csv))?;
     }
-    let num = |r: &Report, name: &str| r.figure(name).and_then(|v| v.parse::<f64>().ok());
+    print!("{csv}");
+    println!("wrote {0}/sweep.csv and {0}/sweep.svg", dir.display());
+    Ok(())
+}
+
+/// Redraws the SVG of a `sweep.csv` (`--plot`), next to it.
+fn replot(csv_path: &std::path::Path) -> anyhow::Result<()> {
+    let csv = std::fs::read_to_string(csv_path)
+        .with_context(|| format!("--plot {}: cannot read it", csv_path.display()))?;
+    if !csv.starts_with("nodes,") {
+        bail!(
+            "--plot {}: not a sweep.csv (its header must start with \"nodes,\")",
+            csv_path.display()
+        );
+    }
+    let out = csv_path.with_extension("svg");
+    write(out.clone(), &plot(&csv))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The sweep's chart from its CSV: path lengths (with re6stnet's figures
+/// for k = 10 when every row has client_count 10) and control traffic
+/// against the number of nodes.
+fn plot(csv: &str) -> String {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let column = |name: &str| header.iter().position(|h| *h == name);
     let curve = |name: &str| -> Vec<(f64, f64)> {
+        let (Some(x), Some(y)) = (column("nodes"), column(name)) else {
+            return Vec::new();
+        };
         rows.iter()
-            .filter_map(|r| Some((num(r, "nodes")?, num(r, name)?)))
+            .filter_map(|r| Some((r.get(x)?.parse().ok()?, r.get(y)?.parse().ok()?)))
             .collect()
     };
-    let max_n = args.sweep.iter().copied().max().unwrap_or(0) as f64;
-    let reference: Vec<(f64, f64)> = RE6STNET_DISTANCE_K10
-        .iter()
-        .copied()
-        .filter(|&(n, _)| n <= max_n.max(100.0) * 1.5)
-        .collect();
+    let clients: Vec<(f64, f64)> = curve("client_count");
+    let k10 = !clients.is_empty() && clients.iter().all(|&(_, k)| k == 10.0);
+    let max_n = curve("nodes").iter().map(|&(n, _)| n).fold(100.0, f64::max);
     let mut path_series = vec![
         Series {
             name: "route path (hops, traced through the routing tables)".into(),
@@ -264,17 +305,21 @@ fn sweep(args: &Args, params: &dyn Fn(usize) -> Params) -> anyhow::Result<()> {
             dashed: false,
         },
     ];
-    if args.client_count == 10 {
+    if k10 {
         path_series.push(Series {
             name: "re6stnet simulation, k=10 (distance_final.csv)".into(),
-            points: reference,
+            points: RE6STNET_DISTANCE_K10
+                .iter()
+                .copied()
+                .filter(|&(n, _)| n <= max_n * 1.5)
+                .collect(),
             colour: "#7f8c8d",
             dashed: true,
         });
     }
     let panels = [
         Panel {
-            title: format!("Average path length (client_count {})", args.client_count),
+            title: "Average path length".into(),
             y_label: "hops".into(),
             series: path_series,
         },
@@ -299,13 +344,7 @@ fn sweep(args: &Args, params: &dyn Fn(usize) -> Params) -> anyhow::Result<()> {
             }],
         },
     ];
-    let chart = svg::chart(&panels, "nodes (log scale)");
-    print!("{csv}");
-    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
-    write(dir.join("sweep.csv"), &csv)?;
-    write(dir.join("sweep.svg"), &chart)?;
-    println!("wrote {0}/sweep.csv and {0}/sweep.svg", dir.display());
-    Ok(())
+    svg::chart(&panels, "nodes (log scale)")
 }
 
 fn write(path: PathBuf, text: &str) -> anyhow::Result<()> {
