@@ -58,7 +58,11 @@ fn sweep_writes_csv_and_svg() {
         .arg(dir.path().join("sweep.csv"))
         .output()
         .expect("run re6st simulate --plot");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let again = std::fs::read_to_string(dir.path().join("sweep.svg")).expect("sweep.svg");
     assert_eq!(again, svg);
 }
