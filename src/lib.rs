@@ -14,6 +14,8 @@
 //! - [`tunnel`]: encrypted point-to-point links (Noise handshakes bound to
 //!   certificates), one TUN interface per tunnel, and the fast data path.
 //! - [`testbed`]: network-namespace topologies for `re6st demo` and tests.
+//! - [`sim`]: thousands of nodes (real router, real policy) on a virtual
+//!   clock, for `re6st simulate`.
 //!
 //! Protocol logic lives in sans-I/O state machines (the `babel` crate, the
 //! tunnel sessions); the modules here are the I/O shells around them.
@@ -23,5 +25,6 @@ pub mod node;
 pub mod pki;
 pub mod registry;
 pub mod routing;
+pub mod sim;
 pub mod testbed;
 pub mod tunnel;

@@ -38,6 +38,9 @@ enum Command {
     /// A registry and N nodes in network namespaces on this machine,
     /// converging into a mesh (needs root).
     Demo(cmd::demo::DemoArgs),
+    /// Simulate a whole network (real router and tunnel policy, virtual
+    /// tunnels and clock) and report its figures.
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Tunnel(args) => cmd::tunnel::run(args),
         Command::Node(a) => return cmd::node::main(a, cli.verbose),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,5 +6,6 @@ pub(crate) mod conf;
 pub(crate) mod demo;
 pub(crate) mod node;
 pub(crate) mod registry;
+pub(crate) mod simulate;
 pub(crate) mod status;
 pub(crate) mod tunnel;
