@@ -451,9 +451,17 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
         if peer == self.me {
             return;
         }
+        let none = addresses.is_empty();
         self.known.entry(peer).or_default().addresses = addresses;
         if self.address_requests.remove(&peer).is_some() && !self.tunnels.contains_key(&peer) {
-            self.attempt(peer, now);
+            // A peer that announces no address (NATed, client-only) cannot
+            // be connected to: it fails like a silent one instead of being
+            // asked again at once.
+            if none {
+                self.fail(peer, now);
+            } else {
+                self.attempt(peer, now);
+            }
         }
         self.fill(now);
     }
@@ -1350,6 +1358,40 @@ mod tests {
         assert!(actions
             .iter()
             .any(|a| matches!(a, Action::RequestAddresses { peer } if *peer == third)));
+    }
+
+    #[test]
+    fn a_peer_without_addresses_fails_instead_of_being_asked_forever() {
+        let mut h = Harness::new(100, config(1, 10));
+        h.routes(&[(1, None)]);
+        let actions = h.advance(1.5);
+        assert_eq!(
+            count(&actions, |a| matches!(
+                a,
+                Action::RequestAddresses { peer: 1 }
+            )),
+            1
+        );
+        let now = h.now;
+        h.policy.handle_addresses(1, Vec::new(), now);
+        let actions = h.actions();
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::PeerFailed {
+                    peer: 1,
+                    failures: 1,
+                    ..
+                }
+            )),
+            "{actions:?}"
+        );
+        assert_eq!(
+            count(&actions, |a| matches!(a, Action::RequestAddresses { .. })),
+            0,
+            "{actions:?}"
+        );
+        assert!(h.policy.is_backing_off(1, now));
     }
 
     #[test]
