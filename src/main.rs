@@ -36,11 +36,16 @@ enum Command {
     /// A registry and N nodes in network namespaces on this machine,
     /// converging into a mesh (needs root).
     Demo(cmd::demo::DemoArgs),
+    /// Run the node: join the mesh and route for it.
+    Node(cmd::node::NodeCmd),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The node logs where --log says and has its own exit statuses.
+    if !matches!(cli.command, Command::Node(_)) {
+        init_logging(cli.verbose);
+    }
     let result: anyhow::Result<()> = match cli.command {
         Command::Registry(a) => cmd::registry::run(a),
         Command::Conf(a) => cmd::conf::run(a),
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Command::Babel(args) => cmd::babel::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Node(a) => return cmd::node::main(a, cli.verbose),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

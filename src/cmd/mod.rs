@@ -4,6 +4,7 @@
 pub(crate) mod babel;
 pub(crate) mod conf;
 pub(crate) mod demo;
+pub(crate) mod node;
 pub(crate) mod registry;
 pub(crate) mod status;
 pub(crate) mod tunnel;

@@ -15,17 +15,22 @@
 //! - [`options`]: `re6st node`'s flags and configuration file.
 //! - [`mesh`]: the node's runtime loop, which drives all of the above with
 //!   real transports, the Babel router and the kernel.
+//! - [`startup`]: what the daemon does before and after the mesh loop
+//!   (credentials, configuration, renewal, leftovers, address and routes).
+//! - [`hooks`]: the `--up` and supervised `--daemon` commands.
 //!
 //! [`Address`] and [`Proto`] describe where a node can be reached; they are
 //! shared by all three.
 
 pub mod cache;
 pub mod control;
+pub mod hooks;
 pub mod mesh;
 pub mod metrics;
 pub mod options;
 pub mod peer_proto;
 pub mod policy;
+pub mod startup;
 
 use std::fmt;
 use std::net::IpAddr;

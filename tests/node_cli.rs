@@ -1,0 +1,513 @@
+//! `re6st node` as a process: option and file mistakes give one clear line
+//! and exit status 2 (no root needed); in a network namespace, against a
+//! real registry, a node adds its address and unreachable route, answers
+//! on its control socket, runs `--up` and `--daemon` with the node's
+//! environment, and leaves nothing behind after SIGTERM; after `kill -9`
+//! a restart removes the leftovers.
+
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use re6st::node::control::{self, Request, Response};
+use re6st::testbed::{require_root, Netns, NsChild};
+
+const RE6ST: &str = env!("CARGO_BIN_EXE_re6st");
+
+/// The network of the test registry.
+const NETWORK: &str = "2001:db8:42::/48";
+/// The registry inside each namespace (its own loopback).
+const REGISTRY: &str = "http://127.0.0.1:9201";
+
+fn re6st(args: &[&str]) -> Output {
+    Command::new(RE6ST).args(args).output().unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The throw-away PKI of `re6st tunnel pki`: `ca.crt`, `node<i>.crt/key`.
+fn pki(dir: &Path, nodes: &str) {
+    let out = re6st(&["tunnel", "pki", "--dir", path(dir), "--nodes", nodes]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn mistakes_in_options_and_files_are_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = d.join("good");
+    let other = d.join("other");
+    pki(&good, "2");
+    pki(&other, "1");
+    std::fs::write(d.join("garbage.crt"), "not a certificate\n").unwrap();
+    std::fs::write(
+        d.join("typo.toml"),
+        "registry = \"http://127.0.0.1:1\"\nclinet_count = 3\n",
+    )
+    .unwrap();
+    let state = d.join("state");
+    let run = d.join("run");
+    let g = |f: &str| good.join(f).to_str().unwrap().to_owned();
+    let base = |ca: &str, cert: &str, key: &str| -> Vec<String> {
+        [
+            "node",
+            "--registry",
+            "http://127.0.0.1:1",
+            "--ca",
+            ca,
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--state",
+            path(&state),
+            "--run",
+            path(&run),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let garbage = d.join("garbage.crt");
+    let missing = d.join("missing.crt");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (vec!["node".into()], "--registry is required".into()),
+        (
+            vec![
+                "node".into(),
+                "--config".into(),
+                path(&d.join("absent.toml")).into(),
+            ],
+            "cannot read".into(),
+        ),
+        (
+            vec![
+                "node".into(),
+                "--config".into(),
+                path(&d.join("typo.toml")).into(),
+            ],
+            "typo.toml: line 2: unknown field `clinet_count`".into(),
+        ),
+        (
+            [
+                base(&g("ca.crt"), &g("node1.crt"), &g("node1.key")),
+                vec!["--pp".into(), "1194".into(), "sctp".into()],
+            ]
+            .concat(),
+            "--pp: unknown protocol".into(),
+        ),
+        (
+            base(&g("ca.crt"), path(&missing), &g("node1.key")),
+            format!("{}: No such file", missing.display()),
+        ),
+        (
+            base(path(&garbage), &g("node1.crt"), &g("node1.key")),
+            format!("{}: not a re6st CA certificate", garbage.display()),
+        ),
+        (
+            base(&g("ca.crt"), path(&garbage), &g("node1.key")),
+            format!("{}: not a certificate", garbage.display()),
+        ),
+        (
+            base(&g("ca.crt"), &g("node1.crt"), path(&garbage)),
+            format!("{}: invalid private key", garbage.display()),
+        ),
+        (
+            base(&g("ca.crt"), &g("node1.crt"), &g("node2.key")),
+            format!(
+                "{} is not the private key of the certificate",
+                g("node2.key")
+            ),
+        ),
+        (
+            base(
+                &g("ca.crt"),
+                other.join("node1.crt").to_str().unwrap(),
+                &g("node1.key"),
+            ),
+            "certificate rejected: not signed by the network CA".into(),
+        ),
+        (
+            base(&g("ca.crt"), &g("node1.crt"), &g("node1.key"))
+                .into_iter()
+                .map(|a| a.replace("http://", "https://"))
+                .collect(),
+            "--registry: bad registry URL".into(),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(RE6ST).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: not one line: {stderr}"
+        );
+        assert!(
+            stderr.contains(&want),
+            "{args:?}: {stderr:?} lacks {want:?}"
+        );
+    }
+    assert!(!run.join("control.sock").exists());
+}
+
+/// A namespace with a registry on its loopback and one enrolled node.
+struct Site {
+    ns: Netns,
+    dir: tempfile::TempDir,
+    _registry: NsChild,
+}
+
+impl Site {
+    fn new(name: &str) -> Self {
+        let ns = Netns::new(name).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let out = re6st(&[
+            "registry",
+            "init",
+            "--network",
+            NETWORK,
+            "--dir",
+            path(&d.join("ca")),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let registry = ns
+            .spawn(
+                RE6ST,
+                &[
+                    "registry",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:9201",
+                    "--db",
+                    path(&d.join("registry.db")),
+                    "--ca",
+                    path(&d.join("ca/ca.crt")),
+                    "--key",
+                    path(&d.join("ca/ca.key")),
+                    "--mailhost",
+                    path(&d.join("mbox")),
+                    "--anonymous-prefix-length",
+                    "16",
+                ],
+                &d.join("registry.log"),
+            )
+            .unwrap();
+        let site = Self {
+            ns,
+            dir,
+            _registry: registry,
+        };
+        site.wait(Duration::from_secs(30), "registry up", || {
+            site.ns
+                .exec(
+                    RE6ST,
+                    &[
+                        "conf",
+                        "--registry",
+                        REGISTRY,
+                        "--ca-only",
+                        "--dir",
+                        path(&site.path("probe")),
+                    ],
+                )
+                .is_ok()
+        });
+        site.ns
+            .exec(
+                RE6ST,
+                &[
+                    "conf",
+                    "--registry",
+                    REGISTRY,
+                    "--anonymous",
+                    "--dir",
+                    path(&site.path("node")),
+                ],
+            )
+            .unwrap();
+        site
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    fn wait(&self, limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nnode log:\n{}\nregistry log:\n{}",
+                self.log("node.log"),
+                self.log("registry.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `re6st node` with the enrolled configuration and `extra` options.
+    fn start_node(&self, extra: &[&str]) -> NsChild {
+        let (config, state, run) = (
+            self.path("node/re6st.toml"),
+            self.path("state"),
+            self.path("run"),
+        );
+        let mut all = vec![
+            "node",
+            "--config",
+            path(&config),
+            "--state",
+            path(&state),
+            "--run",
+            path(&run),
+            "--pp",
+            "1194",
+            "udp",
+        ];
+        all.extend_from_slice(extra);
+        self.ns.spawn(RE6ST, &all, &self.path("node.log")).unwrap()
+    }
+
+    fn socket(&self) -> PathBuf {
+        control::socket_path(&self.path("run"))
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = self.ns.exec("ip", args).unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Our routes (protocol 61), both families.
+    fn our_routes(&self) -> String {
+        self.ip(&["-6", "route", "show", "table", "all", "proto", "61"])
+            + &self.ip(&["-4", "route", "show", "table", "all", "proto", "61"])
+    }
+
+    fn re6st_links(&self) -> Vec<String> {
+        self.ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .filter(|n| n.starts_with("re6st-"))
+            .collect()
+    }
+
+    /// Our address: the node prefix from the certificate's CN.
+    fn address(&self) -> Ipv6Addr {
+        let pem = std::fs::read_to_string(self.path("node/cert.crt")).unwrap();
+        let cert = re6st::pki::NodeCert::from_pem(&pem).unwrap();
+        let network: re6st::pki::Network = NETWORK.parse().unwrap();
+        network.node_address(&cert.prefix().unwrap()).unwrap()
+    }
+
+    /// Our subnet, `ADDR/LEN`.
+    fn subnet(&self) -> String {
+        let pem = std::fs::read_to_string(self.path("node/cert.crt")).unwrap();
+        let cert = re6st::pki::NodeCert::from_pem(&pem).unwrap();
+        let network: re6st::pki::Network = NETWORK.parse().unwrap();
+        let (addr, len) = network.subnet(&cert.prefix().unwrap()).unwrap();
+        format!("{addr}/{len}")
+    }
+
+    /// Asks the node for its status from inside the namespace.
+    fn status(&self) -> Option<Response> {
+        let socket = self.socket();
+        // The socket is a file: reachable from any namespace.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(control::call(
+                &socket,
+                &Request::Status { routes: false },
+                Duration::from_secs(10),
+            ))
+            .ok()
+    }
+
+    fn wait_up(&self, address: Ipv6Addr) {
+        let lo = format!("{address}/128");
+        self.wait(
+            Duration::from_secs(60),
+            "the node's address and route",
+            || {
+                self.ip(&["-6", "addr", "show", "dev", "lo"]).contains(&lo)
+                    && self
+                        .our_routes()
+                        .contains(&format!("unreachable {NETWORK}"))
+                    && self.socket().exists()
+            },
+        );
+    }
+
+    fn stop(&self, node: NsChild) -> std::process::ExitStatus {
+        node.signal(Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut node = node;
+        while !node.has_exited() {
+            assert!(
+                Instant::now() < deadline,
+                "node did not stop:\n{}",
+                self.log("node.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node.wait().unwrap_or_else(|_| panic!("already reaped"))
+    }
+
+    fn assert_clean(&self, address: Ipv6Addr) {
+        let lo = self.ip(&["-6", "addr", "show"]);
+        assert!(!lo.contains(&address.to_string()), "address left:\n{lo}");
+        let routes = self.our_routes();
+        assert!(routes.trim().is_empty(), "routes left:\n{routes}");
+        assert!(
+            self.re6st_links().is_empty(),
+            "interfaces left: {:?}",
+            self.re6st_links()
+        );
+        assert!(!self.socket().exists(), "control socket left");
+    }
+}
+
+#[test]
+fn a_node_sets_up_answers_runs_hooks_and_cleans_up() {
+    if !require_root("a_node_sets_up_answers_runs_hooks_and_cleans_up") {
+        return;
+    }
+    let site = Site::new("nodecli");
+    let address = site.address();
+    let up_out = site.path("up.env");
+    let daemon_pid = site.path("daemon.pid");
+    let up = format!(
+        "echo \"$re6stnet_ip|$re6stnet_iface|$re6stnet_subnet|$re6stnet_network\" > {0}.tmp && mv {0}.tmp {0}",
+        up_out.display()
+    );
+    let daemon = format!("echo $$ > {}; exec sleep 1000", daemon_pid.display());
+    let node = site.start_node(&["--up", &up, "--daemon", &daemon]);
+    site.wait_up(address);
+
+    // The control socket answers with our identity.
+    let status = site.status();
+    match status {
+        Some(Response::Status(s)) => {
+            assert_eq!(s.identity.address, Some(address), "{s:?}");
+        }
+        other => panic!("status: {other:?}\n{}", site.log("node.log")),
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(site.socket()).unwrap().permissions(),
+    ) & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // --up ran with the node's environment.
+    site.wait(Duration::from_secs(30), "--up", || up_out.exists());
+    let env = std::fs::read_to_string(&up_out).unwrap();
+    let subnet = site.subnet();
+    assert_eq!(env.trim(), format!("{address}|lo|{subnet}|{NETWORK}"));
+
+    // The daemon runs until the node stops.
+    site.wait(Duration::from_secs(30), "--daemon", || {
+        std::fs::read_to_string(&daemon_pid).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let pid: i32 = std::fs::read_to_string(&daemon_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid);
+    assert!(nix::sys::signal::kill(pid, None).is_ok());
+
+    let status = site.stop(node);
+    assert!(
+        status.success(),
+        "exit {status:?}:\n{}",
+        site.log("node.log")
+    );
+    site.assert_clean(address);
+    // The daemon got SIGTERM (its PID is gone, or reused outside its group).
+    let alive = nix::sys::signal::kill(pid, None).is_ok()
+        && nix::unistd::getpgid(Some(pid)).ok() == Some(pid);
+    assert!(!alive, "the --daemon survived the node");
+}
+
+#[test]
+fn a_restart_after_kill_9_removes_the_leftovers() {
+    if !require_root("a_restart_after_kill_9_removes_the_leftovers") {
+        return;
+    }
+    let site = Site::new("nodekill");
+    let address = site.address();
+    let node = site.start_node(&[]);
+    site.wait_up(address);
+    node.signal(Signal::SIGKILL).unwrap();
+    let _ = node.wait();
+
+    // What a crash leaves: our address, our routes, the socket file; plus
+    // an interface named like our tunnels and a stray route of ours.
+    assert!(site.our_routes().contains("unreachable"));
+    site.ns
+        .exec("ip", &["tuntap", "add", "dev", "re6st-99", "mode", "tun"])
+        .unwrap();
+    site.ns
+        .exec(
+            "ip",
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:ffff::/64",
+                "dev",
+                "lo",
+                "proto",
+                "61",
+            ],
+        )
+        .unwrap();
+    assert!(
+        site.socket().exists(),
+        "a killed node leaves its socket file"
+    );
+
+    let node = site.start_node(&[]);
+    site.wait(Duration::from_secs(60), "leftovers removed", || {
+        site.log("node.log").contains("removed leftovers")
+    });
+    site.wait_up(address);
+    assert!(
+        site.re6st_links().iter().all(|l| l != "re6st-99"),
+        "{:?}",
+        site.re6st_links()
+    );
+    assert!(
+        !site.our_routes().contains("2001:db8:ffff::/64"),
+        "{}",
+        site.our_routes()
+    );
+    assert!(matches!(site.status(), Some(Response::Status(_))));
+
+    let status = site.stop(node);
+    assert!(
+        status.success(),
+        "exit {status:?}:\n{}",
+        site.log("node.log")
+    );
+    site.assert_clean(address);
+}
