@@ -12,15 +12,18 @@
 //! client; it has added our node address and the unreachable route for the
 //! network before calling [`run`], and removes them after.
 
+mod addresses;
 mod config;
+mod peers;
 mod routes;
+mod status;
 mod tunnels;
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use babel::{Dump, RttConfig};
 use der::{DecodePem, Encode};
@@ -31,17 +34,21 @@ use base64::Engine as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use self::addresses::Source;
+use self::config::Changes;
+use self::peers::{Answer, Ask, PeerSocket, Waiters};
 use self::routes::{RouterParts, SelectedRoute};
 use self::tunnels::{TransportCredentials, Transports, TunnelKey, TunnelTable};
 use super::cache::PeerCache;
 use super::control::{self, ControlCall, Request, Response};
 use super::options::NodeOptions;
+use super::peer_proto::{Addresses, Body, Message, PeerEndpoint, Prefixes};
 use super::policy::{Action, Direction, Policy};
 use super::{Address, Proto};
 use crate::kernel::Kernel;
 use crate::pki::{Network, NodeCert, NodePrefix, Verifier};
 use crate::registry::client::{NodeAuth, RegistryClient};
-use crate::registry::config::{BabelKeys, NetworkConfig};
+use crate::registry::config::{BabelKeys, NetworkConfig, SignedConfig};
 use crate::routing::RouterHandle;
 use crate::tunnel::TunnelEvent;
 
@@ -63,6 +70,18 @@ const NORMAL_COST: u16 = 256;
 
 /// Pause before trying the next `--client` remote.
 const CLIENT_RETRY: Duration = Duration::from_secs(1);
+
+/// How often the registry is asked for the configuration even when no
+/// peer announced a newer one (a fallback for gossip).
+const CONFIG_POLL: Duration = Duration::from_secs(300);
+
+/// How often the host's addresses (announced to peers) are re-read.
+const ADDRESS_POLL: Duration = Duration::from_secs(60);
+
+/// Why a retirement is refused (the peer protocol's free code points).
+const NACK_NO_TUNNEL: u8 = 1;
+/// Refused: the tunnel is a persistent `--neighbour` one.
+const NACK_PERSISTENT: u8 = 2;
 
 /// Everything the mesh needs, prepared by the start-up code.
 pub struct MeshSetup {
@@ -121,6 +140,14 @@ pub enum MeshError {
     /// The kernel refused a request we cannot do without.
     #[error("kernel: {0}")]
     Kernel(#[from] crate::kernel::Error),
+    /// The peer-protocol socket could not be bound.
+    #[error("cannot bind the peer protocol socket {local}: {source}")]
+    PeerSocket {
+        /// The address.
+        local: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A LAN interface (`-i`) is unusable.
     #[error("-i {name}: {message}")]
     Interface {
@@ -139,8 +166,8 @@ pub async fn run(
     mut calls: mpsc::Receiver<ControlCall>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<MeshExit, MeshError> {
-    let (mut mesh, mut events) = Mesh::start(setup).await?;
-    let exit = mesh.run_loop(&mut events, &mut calls, shutdown).await;
+    let (mut mesh, mut inputs) = Mesh::start(setup).await?;
+    let exit = mesh.run_loop(&mut inputs, &mut calls, shutdown).await;
     mesh.stop().await;
     Ok(exit)
 }
@@ -160,6 +187,25 @@ enum Internal {
     Bootstrap(Result<(NodePrefix, Vec<Address>), String>),
     /// Time to try the next `--client` remote.
     ClientRetry,
+    /// A configuration fetched from the registry and verified.
+    Config(Result<Box<FetchedConfig>, String>),
+    /// The host's addresses were read.
+    HostAddresses(Vec<std::net::IpAddr>),
+}
+
+/// A verified configuration from the registry.
+#[derive(Debug)]
+struct FetchedConfig {
+    config: NetworkConfig,
+    keys: Option<BabelKeys>,
+    signed: SignedConfig,
+}
+
+/// The channels the main loop reads besides the control calls.
+struct Inputs {
+    tunnels: mpsc::UnboundedReceiver<(usize, TunnelEvent)>,
+    peer: mpsc::Receiver<(Vec<u8>, std::net::SocketAddr)>,
+    asks: mpsc::UnboundedReceiver<Ask>,
 }
 
 /// `--client` mode: one tunnel to the first remote that answers.
@@ -184,9 +230,22 @@ struct Mesh {
     prefix: NodePrefix,
     network: Network,
     config: NetworkConfig,
+    babel_keys: Option<BabelKeys>,
+    ca_key: ed25519_dalek::VerifyingKey,
     cache: PeerCache,
     registry: RegistryClient,
     key: SigningKey,
+    peer: PeerSocket,
+    waiters: Waiters,
+    asks_tx: mpsc::UnboundedSender<Ask>,
+    fetching: bool,
+    revoked: bool,
+    announced: Vec<(Address, Source)>,
+    /// Tunnel peers we told our configuration version since their tunnel
+    /// came up.
+    told_version: std::collections::BTreeSet<NodePrefix>,
+    /// Names of the LAN interfaces (`-i`), by index.
+    lan_names: std::collections::HashMap<u32, String>,
     policy: Option<Policy<NodePrefix>>,
     client: Option<ClientMode>,
     selected: Vec<SelectedRoute>,
@@ -203,9 +262,7 @@ struct Mesh {
 }
 
 impl Mesh {
-    async fn start(
-        setup: MeshSetup,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<(usize, TunnelEvent)>), MeshError> {
+    async fn start(setup: MeshSetup) -> Result<(Self, Inputs), MeshError> {
         let MeshSetup {
             options,
             cert,
@@ -224,6 +281,13 @@ impl Mesh {
         let ca_der = x509_cert::Certificate::from_pem(ca.as_bytes())
             .and_then(|c| c.to_der())
             .map_err(|e| MeshError::Setup(format!("CA certificate: {e}")))?;
+        let ca_key = config::ca_key(&ca).map_err(MeshError::Setup)?;
+        let address = network
+            .node_address(&prefix)
+            .map_err(|e| MeshError::Setup(e.to_string()))?;
+        let endpoint = PeerEndpoint::new(&cert, key.clone(), verifier.clone(), SystemTime::now())
+            .map_err(|e| MeshError::Setup(format!("peer protocol: {e}")))?;
+        let (peer, peer_rx) = PeerSocket::bind(address, endpoint, network).await?;
         let kernel = Arc::new(Kernel::connect()?);
         let mac = babel_keys
             .as_ref()
@@ -250,6 +314,7 @@ impl Mesh {
                 0,
             );
         }
+        let mut lan_names = std::collections::HashMap::new();
         for name in &options.interfaces {
             let fail = |message: String| MeshError::Interface {
                 name: name.clone(),
@@ -265,12 +330,13 @@ impl Mesh {
             let hello = options.babel.lan_hello.unwrap_or(Duration::from_secs(4));
             handle.add_interface(link.index, routes::lan_interface(ll, hello, link.mtu));
             tracing::info!("babel on LAN interface {name}");
+            lan_names.insert(link.index, name.clone());
         }
         let creds = TransportCredentials {
             key: &key,
             cert: &cert,
             ca_der: &ca_der,
-            verifier,
+            verifier: verifier.clone(),
         };
         let (transports, tunnel_events) = Transports::start(&options, &creds).await?;
         transports.set_revoked(&config.crl);
@@ -300,15 +366,26 @@ impl Mesh {
                 (Some(policy), None)
             }
         };
+        let (asks_tx, asks_rx) = mpsc::unbounded_channel();
         let mut mesh = Self {
             options,
             cert,
             prefix,
             network,
             config,
+            babel_keys,
+            ca_key,
             cache,
             registry,
             key,
+            peer,
+            waiters: Waiters::default(),
+            asks_tx,
+            fetching: false,
+            revoked: false,
+            announced: Vec::new(),
+            told_version: std::collections::BTreeSet::new(),
+            lan_names,
             policy,
             client,
             selected: Vec::new(),
@@ -323,14 +400,20 @@ impl Mesh {
             started: Instant::now(),
             events: VecDeque::new(),
         };
+        mesh.read_host_addresses();
         mesh.client_connect().await;
         mesh.drain_policy().await;
-        Ok((mesh, tunnel_events))
+        let inputs = Inputs {
+            tunnels: tunnel_events,
+            peer: peer_rx,
+            asks: asks_rx,
+        };
+        Ok((mesh, inputs))
     }
 
     async fn run_loop(
         &mut self,
-        tunnel_events: &mut mpsc::UnboundedReceiver<(usize, TunnelEvent)>,
+        inputs: &mut Inputs,
         calls: &mut mpsc::Receiver<ControlCall>,
         shutdown: impl Future<Output = ()>,
     ) -> MeshExit {
@@ -338,7 +421,14 @@ impl Mesh {
         let mut calls_open = true;
         let mut route_poll = tokio::time::interval(ROUTE_POLL);
         route_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut config_poll =
+            tokio::time::interval_at(tokio::time::Instant::now() + CONFIG_POLL, CONFIG_POLL);
+        let mut address_poll =
+            tokio::time::interval_at(tokio::time::Instant::now() + ADDRESS_POLL, ADDRESS_POLL);
         loop {
+            if self.revoked {
+                return MeshExit::Revoked;
+            }
             let policy_deadline = self.policy.as_ref().and_then(Policy::poll_timeout);
             let policy_timer = async {
                 match policy_deadline {
@@ -354,7 +444,11 @@ impl Mesh {
                     }
                 }
                 _ = route_poll.tick() => self.poll_routes().await,
-                ev = tunnel_events.recv() => match ev {
+                _ = config_poll.tick() => self.fetch_config(),
+                _ = address_poll.tick() => self.read_host_addresses(),
+                Some((bytes, from)) = inputs.peer.recv() => self.peer_packet(&bytes, from).await,
+                Some(ask) = inputs.asks.recv() => self.ask(ask).await,
+                ev = inputs.tunnels.recv() => match ev {
                     Some((transport, ev)) => self.tunnel_event(transport, ev).await,
                     None => {
                         tracing::error!("every transport stopped");
@@ -364,10 +458,7 @@ impl Mesh {
                 },
                 Some(internal) = self.internal_rx.recv() => self.internal(internal).await,
                 call = calls.recv(), if calls_open => match call {
-                    Some((request, reply)) => {
-                        let response = self.control(request).await;
-                        let _ = reply.send(response);
-                    }
+                    Some((request, reply)) => self.control(request, reply).await,
                     None => calls_open = false,
                 },
             }
@@ -445,9 +536,263 @@ impl Mesh {
         let destinations = routes::destinations(&self.selected, &self.network, |i| {
             self.table.peer_of_ifindex(i)
         });
+        // Gossip: tell each tunnel peer our configuration version once it
+        // is routed (its re6st address is reachable).
+        let up = self.table.up_peers();
+        self.told_version.retain(|p| up.contains(p));
+        let newly: Vec<NodePrefix> = up
+            .into_iter()
+            .filter(|p| !self.told_version.contains(p))
+            .filter(|p| destinations.iter().any(|(d, _)| d == p))
+            .collect();
+        for peer in newly {
+            self.told_version.insert(peer);
+            let version = self.config.version;
+            self.peer.send(peer, &Body::ConfigVersion(version)).await;
+        }
         if let Some(p) = &mut self.policy {
             p.handle_routes(destinations, Instant::now());
         }
+    }
+
+    /// Reads the host's addresses in a task ([`Internal::HostAddresses`]).
+    fn read_host_addresses(&self) {
+        let kernel = Arc::clone(&self.kernel);
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            match kernel.addresses(None).await {
+                Ok(list) => {
+                    let ips = list
+                        .iter()
+                        .filter(|a| !a.tentative)
+                        .map(|a| a.addr)
+                        .collect();
+                    let _ = tx.send(Internal::HostAddresses(ips));
+                }
+                Err(e) => tracing::warn!("cannot list the host's addresses: {e}"),
+            }
+        });
+    }
+
+    /// Fetches the configuration from the registry in a task
+    /// ([`Internal::Config`]), unless a fetch is in flight.
+    fn fetch_config(&mut self) {
+        if self.fetching {
+            return;
+        }
+        self.fetching = true;
+        let registry = self.registry.clone();
+        let auth = NodeAuth {
+            key: self.key.clone(),
+            serial: self.cert.serial(),
+        };
+        let ca_key = self.ca_key;
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let signed = registry
+                    .config(Some(&auth))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let config = signed.verify(&ca_key).map_err(|e| e.to_string())?;
+                let keys = config
+                    .open_babel_keys(&auth.key)
+                    .map_err(|e| e.to_string())?;
+                Ok(Box::new(FetchedConfig {
+                    config,
+                    keys,
+                    signed,
+                }))
+            }
+            .await;
+            let _ = tx.send(Internal::Config(result));
+        });
+    }
+
+    /// Applies a newer configuration live.
+    async fn apply_config(&mut self, fetched: FetchedConfig) {
+        let FetchedConfig {
+            config,
+            keys,
+            signed,
+        } = fetched;
+        if config.version <= self.config.version {
+            return;
+        }
+        let now = Instant::now();
+        let changes = Changes::between(
+            &self.config,
+            self.babel_keys.as_ref(),
+            &config,
+            keys.as_ref(),
+        );
+        self.log(format!(
+            "network configuration version {} -> {}",
+            self.config.version, config.version
+        ));
+        if config.crl.contains(&self.cert.serial()) {
+            self.log("our certificate was revoked".into());
+            self.revoked = true;
+        }
+        if changes.crl {
+            self.transports.set_revoked(&config.crl);
+            self.peer
+                .endpoint_mut()
+                .verifier_mut()
+                .set_revoked(config.crl.iter().copied());
+            if !changes.newly_revoked.is_empty() {
+                self.log(format!(
+                    "revoked serials {:?}: their tunnels close",
+                    changes.newly_revoked
+                ));
+            }
+        }
+        if changes.keys {
+            match keys.as_ref().map(routes::mac_config).transpose() {
+                Ok(mac) => {
+                    self.handle.set_mac(mac);
+                    self.log("babel MAC keys replaced".into());
+                }
+                Err(e) => tracing::warn!("new babel keys unusable, keeping the old ones: {e}"),
+            }
+        }
+        if changes.ipv4 {
+            tracing::warn!("IPv4 payload settings changed: the IPv4 payload is not supported yet");
+        }
+        let old_hello = self.hello_interval();
+        self.config = config;
+        self.babel_keys = keys;
+        if changes.hello && self.hello_interval() != old_hello {
+            let hello = self.hello_interval();
+            for (_, e) in self.table.iter() {
+                if let (Some(ifindex), Some(ll)) = (e.ifindex, e.link_local) {
+                    self.handle
+                        .add_interface(ifindex, routes::tunnel_interface(ll, hello, self.rtt));
+                }
+            }
+        }
+        if let Some(p) = &mut self.policy {
+            if changes.policy {
+                p.set_config(config::policy_config(&self.config, &self.options), now);
+            }
+            if changes.registry {
+                p.set_registry(config::registry_prefix(&self.config), now);
+            }
+        }
+        let body = serde_json::to_vec(&signed).unwrap_or_default();
+        if let Err(e) = self.cache.set_network_config(self.config.version, &body) {
+            tracing::warn!("peer cache: {e}");
+        }
+        // Gossip the new version to every tunnel peer.
+        let version = self.config.version;
+        for peer in self.table.up_peers() {
+            self.peer.send(peer, &Body::ConfigVersion(version)).await;
+        }
+    }
+
+    /// A datagram on the peer-protocol socket.
+    async fn peer_packet(&mut self, bytes: &[u8], from: std::net::SocketAddr) {
+        let message = match self.peer.endpoint_mut().open(bytes, SystemTime::now()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("peer message from {from} dropped: {e}");
+                return;
+            }
+        };
+        let Message { sender, body, .. } = message;
+        let now = Instant::now();
+        match body {
+            Body::AddressRequest => {
+                let list: Vec<Address> = self.announced.iter().map(|(a, _)| *a).collect();
+                let list = &list[..list.len().min(crate::node::peer_proto::wire::MAX_ADDRESSES)];
+                self.peer
+                    .send(sender, &Body::AddressReply(Addresses::List(list)))
+                    .await;
+            }
+            Body::AddressReply(addresses) => {
+                let list: Vec<Address> = addresses.iter().collect();
+                if let Err(e) = self.cache.set_addresses(sender, &list, SystemTime::now()) {
+                    tracing::warn!("peer cache: {e}");
+                }
+                if let Some(p) = &mut self.policy {
+                    p.handle_addresses(sender, list, now);
+                }
+            }
+            Body::ConfigVersion(version) => {
+                self.waiters.answer(sender, &Answer::Version(version));
+                if version > self.config.version {
+                    tracing::info!("{sender} has configuration version {version}: fetching it");
+                    self.fetch_config();
+                } else if version < self.config.version {
+                    let ours = self.config.version;
+                    self.peer.send(sender, &Body::ConfigVersion(ours)).await;
+                }
+            }
+            Body::RetireRequest { id } => {
+                let agreed = self
+                    .policy
+                    .as_mut()
+                    .is_some_and(|p| p.handle_retirement_request(sender, now));
+                let answer = match agreed {
+                    true => Body::RetireAck { id },
+                    false => Body::RetireNack {
+                        id,
+                        reason: if self.options.neighbours.contains(&sender) {
+                            NACK_PERSISTENT
+                        } else {
+                            NACK_NO_TUNNEL
+                        },
+                    },
+                };
+                self.peer.send(sender, &answer).await;
+            }
+            Body::RetireAck { id } => {
+                if let Some(p) = &mut self.policy {
+                    p.handle_retirement_reply(sender, id, true, now);
+                }
+            }
+            Body::RetireNack { id, reason } => {
+                tracing::info!("{sender} refused to retire our tunnel (reason {reason})");
+                if let Some(p) = &mut self.policy {
+                    p.handle_retirement_reply(sender, id, false, now);
+                }
+            }
+            Body::InfoRequest => {
+                let software = concat!("re6st ", env!("CARGO_PKG_VERSION"));
+                self.peer.send(sender, &Body::Info { software }).await;
+                let ours = self.config.version;
+                self.peer.send(sender, &Body::ConfigVersion(ours)).await;
+            }
+            Body::Info { software } => {
+                self.waiters
+                    .answer(sender, &Answer::Info(software.to_owned()));
+            }
+            Body::TopologyRequest => {
+                let peers = self.table.up_peers();
+                let max = (crate::node::peer_proto::wire::MAX_PACKET_LEN - 1024) / 17;
+                let peers = &peers[..peers.len().min(max)];
+                self.peer
+                    .send(sender, &Body::Topology(Prefixes::List(peers)))
+                    .await;
+            }
+            Body::Topology(prefixes) => {
+                let list = prefixes.iter().collect();
+                self.waiters.answer(sender, &Answer::Topology(list));
+            }
+        }
+    }
+
+    /// Sends a walk's question (unless the same one is in flight).
+    async fn ask(&mut self, ask: Ask) {
+        let (peer, question) = (ask.peer, ask.question);
+        if !self.waiters.add(ask) {
+            return;
+        }
+        let body = match question {
+            peers::Question::Topology => Body::TopologyRequest,
+            peers::Question::Info | peers::Question::Version => Body::InfoRequest,
+        };
+        self.peer.send(peer, &body).await;
     }
 
     /// Executes every action the policy asks for.
@@ -488,6 +833,7 @@ impl Mesh {
                 }
             }
             Action::RequestAddresses { peer } => {
+                self.peer.send(peer, &Body::AddressRequest).await;
                 let cached = match self.cache.peer(peer) {
                     Ok(c) => c.map(|c| c.addresses).unwrap_or_default(),
                     Err(e) => {
@@ -514,7 +860,8 @@ impl Mesh {
                 }
             }
             Action::RequestRetirement { peer, id } => {
-                tracing::debug!("retirement {id} of {peer} needs the peer protocol");
+                self.log(format!("retiring our tunnel to {peer}"));
+                self.peer.send(peer, &Body::RetireRequest { id }).await;
             }
             Action::PeerFailed {
                 peer,
@@ -738,12 +1085,34 @@ impl Mesh {
             }
             Internal::Bootstrap(Err(e)) => tracing::warn!("no bootstrap peer: {e}"),
             Internal::ClientRetry => self.client_connect().await,
+            Internal::Config(Ok(fetched)) => {
+                self.fetching = false;
+                self.apply_config(*fetched).await;
+            }
+            Internal::Config(Err(e)) => {
+                self.fetching = false;
+                tracing::warn!("cannot fetch the network configuration: {e}");
+            }
+            Internal::HostAddresses(ips) => {
+                let list = addresses::announced(
+                    &self.options.ip,
+                    &self.options.pp,
+                    &ips,
+                    &self.network,
+                    self.client.is_some(),
+                );
+                if list != self.announced {
+                    let text: Vec<String> = list.iter().map(|(a, _)| a.to_string()).collect();
+                    self.log(format!("announcing {}", text.join(" ")));
+                    self.announced = list;
+                }
+            }
             Internal::InterfaceReady {
                 key,
                 ifindex,
                 link_local,
             } => {
-                if self.table.set_ifindex(key, ifindex) {
+                if self.table.set_ifindex(key, ifindex, link_local) {
                     let config =
                         routes::tunnel_interface(link_local, self.hello_interval(), self.rtt);
                     self.handle.add_interface(ifindex, config);
@@ -756,16 +1125,49 @@ impl Mesh {
         }
     }
 
-    async fn control(&mut self, request: Request) -> Response {
-        match request {
+    /// Answers a control request; the mesh walks run in their own task
+    /// (their answers come through this loop) and reply from there.
+    async fn control(&mut self, request: Request, reply: tokio::sync::oneshot::Sender<Response>) {
+        let response = match request {
             Request::Status { routes } => Response::Status(Box::new(self.status(routes).await)),
             Request::BootstrapPeer => Response::BootstrapPeer(self.bootstrap_peer()),
-            other => Response::Error(format!("{other:?} is not supported yet")),
-        }
+            Request::Topology => {
+                let walk =
+                    peers::topology(self.prefix, self.table.up_peers(), self.asks_tx.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(Response::Topology(walk.await));
+                });
+                return;
+            }
+            Request::Versions => {
+                let mut nodes: Vec<NodePrefix> =
+                    routes::destinations(&self.selected, &self.network, |_| None)
+                        .into_iter()
+                        .map(|(d, _)| d)
+                        .collect();
+                nodes.retain(|n| *n != self.prefix);
+                let walk = peers::versions(nodes, self.asks_tx.clone());
+                let me = control::NodeVersion {
+                    prefix: self.prefix.to_string(),
+                    software: Some(concat!("re6st ", env!("CARGO_PKG_VERSION")).into()),
+                    config_version: Some(self.config.version),
+                };
+                tokio::spawn(async move {
+                    let mut list = walk.await;
+                    list.push(me);
+                    list.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+                    let _ = reply.send(Response::Versions(list));
+                });
+                return;
+            }
+        };
+        let _ = reply.send(response);
     }
 
     /// A random live tunnel peer whose addresses we know, for the
-    /// registry's bootstrap endpoint; none when we have no such peer.
+    /// registry's bootstrap endpoint, or ourselves (our announced
+    /// addresses) when we have none, so that the first nodes can join the
+    /// registry's node; `None` when we announce nothing either.
     fn bootstrap_peer(&self) -> Option<control::BootstrapPeer> {
         use rand::seq::SliceRandom;
         let mut candidates: Vec<(NodePrefix, Vec<Address>)> = self
@@ -778,7 +1180,10 @@ impl Mesh {
             })
             .collect();
         candidates.shuffle(&mut rand::thread_rng());
-        let (peer, addresses) = candidates.pop()?;
+        let (peer, addresses) = candidates.pop().or_else(|| {
+            let ours: Vec<Address> = self.announced.iter().map(|(a, _)| *a).collect();
+            (!ours.is_empty()).then_some((self.prefix, ours))
+        })?;
         Some(control::BootstrapPeer {
             prefix: peer.to_string(),
             addresses: addresses.iter().map(ToString::to_string).collect(),
@@ -795,42 +1200,33 @@ impl Mesh {
             sources: Vec::new(),
             xroutes: Vec::new(),
         });
-        let mut tunnels = Vec::new();
-        for (key, e) in self.table.iter() {
-            let stats = match self.transports.list.get(key.transport) {
-                Some(t) => t.tunnels.status().await.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let s = stats.iter().find(|s| s.id == key.id);
-            tunnels.push(control::TunnelStatus {
-                peer: e.peer.to_string(),
-                transport: e.proto.to_string(),
-                direction: match e.direction {
-                    Direction::Outgoing => "outgoing".into(),
-                    Direction::Incoming => "incoming".into(),
-                },
-                state: if e.up { "up" } else { "connecting" }.into(),
-                interface: e.interface.clone(),
-                local: self
-                    .transports
-                    .list
-                    .get(key.transport)
-                    .map(|t| t.tunnels.local_addr()),
-                remote: e.remote,
-                age_secs: e.opened.elapsed().as_secs(),
-                rx_packets: s.map_or(0, |s| s.stats.rx_packets),
-                rx_bytes: s.map_or(0, |s| s.stats.rx_bytes),
-                tx_packets: s.map_or(0, |s| s.stats.tx_packets),
-                tx_bytes: s.map_or(0, |s| s.stats.tx_bytes),
-                rtt_ms: s
-                    .and_then(|s| s.stats.rtt)
-                    .map(|r| r.as_secs_f64() * 1000.0),
-                routes: 0,
-                persistent: self.options.neighbours.contains(&e.peer),
-            });
+        let babel = self.handle.stats().await.unwrap_or_default();
+        let mut stats = std::collections::HashMap::new();
+        let mut locals = Vec::new();
+        for (transport, t) in self.transports.list.iter().enumerate() {
+            locals.push(t.tunnels.local_addr());
+            for s in t.tunnels.status().await.unwrap_or_default() {
+                stats.insert(
+                    TunnelKey {
+                        transport,
+                        id: s.id,
+                    },
+                    s.stats,
+                );
+            }
         }
-        let selected: Vec<_> = dump.routes.iter().filter(|r| r.selected).collect();
-        control::Status {
+        let mut names = self.lan_names.clone();
+        for (_, e) in self.table.iter() {
+            if let (Some(i), Some(n)) = (e.ifindex, &e.interface) {
+                names.insert(i, n.clone());
+            }
+        }
+        let policy: Vec<_> = self
+            .policy
+            .as_ref()
+            .map(|p| p.tunnels().collect())
+            .unwrap_or_default();
+        let snapshot = status::Snapshot {
             identity: control::Identity {
                 prefix: self.prefix.to_string(),
                 subnet: routes::subnet_prefix(&self.network, &self.prefix)
@@ -841,50 +1237,27 @@ impl Mesh {
                 config_version: self.config.version,
                 software: env!("CARGO_PKG_VERSION").into(),
                 uptime_secs: self.started.elapsed().as_secs(),
-                cert_not_after: unix(self.cert.not_after()),
+                cert_not_after: status::unix(self.cert.not_after()),
             },
-            tunnels,
-            neighbours: dump
-                .neighbours
-                .iter()
-                .map(|n| control::NeighbourStatus {
-                    interface: format!("#{}", n.ifindex),
-                    address: n.address,
-                    cost: n.cost,
-                    rxcost: n.rxcost,
-                    txcost: n.txcost,
-                    rtt_ms: n.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                })
-                .collect(),
-            route_count: selected.len(),
-            routes: with_routes.then(|| {
-                selected
-                    .iter()
-                    .map(|r| control::RouteStatus {
-                        prefix: r.prefix.to_string(),
-                        src_prefix: r.src_prefix.map(|p| p.to_string()),
-                        next_hop: match r.next_hop {
-                            std::net::IpAddr::V6(a) => a,
-                            std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
-                        },
-                        interface: format!("#{}", r.ifindex),
-                        metric: r.metric,
-                    })
-                    .collect()
-            }),
+            tunnels: self.table.iter().collect(),
+            stats: &stats,
+            locals: &locals,
+            policy: &policy,
+            dump: &dump,
+            babel,
+            names: &names,
+            with_routes,
             peer_cache: self.cache.len().unwrap_or(0),
-            addresses: Vec::new(),
-            peer_protocol: control::PeerProtocolCounters::default(),
-            babel: control::BabelCounters::default(),
+            addresses: addresses::status(&self.announced),
+            peer_protocol: self.peer.stats(),
             events: self
                 .events
                 .iter()
-                .map(|e| control::EventRecord {
-                    time: unix(e.time),
-                    text: e.text.clone(),
-                })
+                .map(|e| (e.time, e.text.clone()))
                 .collect(),
-        }
+            now: Instant::now(),
+        };
+        status::build(&snapshot)
     }
 
     /// Retracts our routes, closes every tunnel, lets the installer finish,
@@ -962,7 +1335,3 @@ fn seed_from_cache(policy: &mut Policy<NodePrefix>, cache: &PeerCache, now: Inst
 
 /// Peers kept in the cache at shutdown.
 const CACHE_KEEP: usize = 1000;
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}

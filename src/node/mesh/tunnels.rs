@@ -194,6 +194,8 @@ pub(crate) struct TunnelEntry {
     pub(crate) interface: Option<String>,
     /// The interface index, once Babel runs on it.
     pub(crate) ifindex: Option<u32>,
+    /// Our link-local address on it, once Babel runs on it.
+    pub(crate) link_local: Option<Ipv6Addr>,
     /// The peer's transport address.
     pub(crate) remote: Option<SocketAddr>,
     /// When it was opened.
@@ -251,6 +253,7 @@ impl TunnelTable {
                 proto,
                 interface: None,
                 ifindex: None,
+                link_local: None,
                 remote: Some(remote),
                 opened: now,
                 up: false,
@@ -293,6 +296,7 @@ impl TunnelTable {
                 proto,
                 interface: Some(interface),
                 ifindex: None,
+                link_local: None,
                 remote: Some(remote),
                 opened: now,
                 up: true,
@@ -352,11 +356,13 @@ impl TunnelTable {
             .map(|(k, _)| *k)
     }
 
-    /// Sets the interface index Babel runs on for `key`.
-    pub(crate) fn set_ifindex(&mut self, key: TunnelKey, ifindex: u32) -> bool {
+    /// Sets the interface index Babel runs on for `key`, and our
+    /// link-local address there.
+    pub(crate) fn set_ifindex(&mut self, key: TunnelKey, ifindex: u32, ll: Ipv6Addr) -> bool {
         match self.tunnels.get_mut(&key) {
             Some(e) if e.up => {
                 e.ifindex = Some(ifindex);
+                e.link_local = Some(ll);
                 true
             }
             _ => false,
@@ -477,7 +483,7 @@ mod tests {
         // It comes up; Babel runs on ifindex 42.
         let d = t.up(key(1, 7), p(5), Proto::Tcp, "re6st-0".into(), b, true, now);
         assert_eq!(d, Some(Direction::Outgoing));
-        assert!(t.set_ifindex(key(1, 7), 42));
+        assert!(t.set_ifindex(key(1, 7), 42, Ipv6Addr::LOCALHOST));
         assert_eq!(t.peer_of_ifindex(42), Some(p(5)));
         assert_eq!(t.ifindex_of_peer(p(5)), Some(42));
         // An incoming one from another peer.
