@@ -33,11 +33,11 @@ enum Command {
     /// transport (tests and benchmarks).
     #[command(hide = true)]
     Tunnel(cmd::tunnel::TunnelArgs),
+    /// Run the node: join the mesh and route for it.
+    Node(cmd::node::NodeCmd),
     /// A registry and N nodes in network namespaces on this machine,
     /// converging into a mesh (needs root).
     Demo(cmd::demo::DemoArgs),
-    /// Run the node: join the mesh and route for it.
-    Node(cmd::node::NodeCmd),
 }
 
 fn main() -> ExitCode {
@@ -52,8 +52,8 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Babel(args) => cmd::babel::run(args),
         Command::Tunnel(args) => cmd::tunnel::run(args),
-        Command::Demo(args) => cmd::demo::run(args),
         Command::Node(a) => return cmd::node::main(a, cli.verbose),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,9 @@
 //! real registry, a node adds its address and unreachable route, answers
 //! on its control socket, runs `--up` and `--daemon` with the node's
 //! environment, and leaves nothing behind after SIGTERM; after `kill -9`
-//! a restart removes the leftovers.
+//! a restart removes the leftovers, from the cached configuration when the
+//! registry is down. Against a registry on loopback (no root): revocation,
+//! SIGTERM while waiting for an unreachable registry, renewal.
 
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use re6st::node::control::{self, Request, Response};
+use re6st::node::startup::Renewal;
 use re6st::testbed::{require_root, Netns, NsChild};
 
 const RE6ST: &str = env!("CARGO_BIN_EXE_re6st");
@@ -163,7 +166,7 @@ fn mistakes_in_options_and_files_are_one_line_and_exit_2() {
 struct Site {
     ns: Netns,
     dir: tempfile::TempDir,
-    _registry: NsChild,
+    registry: Option<NsChild>,
 }
 
 impl Site {
@@ -209,7 +212,7 @@ impl Site {
         let site = Self {
             ns,
             dir,
-            _registry: registry,
+            registry: Some(registry),
         };
         site.wait(Duration::from_secs(30), "registry up", || {
             site.ns
@@ -453,7 +456,7 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     if !require_root("a_restart_after_kill_9_removes_the_leftovers") {
         return;
     }
-    let site = Site::new("nodekill");
+    let mut site = Site::new("nodekill");
     let address = site.address();
     let node = site.start_node(&[]);
     site.wait_up(address);
@@ -486,6 +489,9 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
         "a killed node leaves its socket file"
     );
 
+    // The registry is gone too: the node starts from its cached
+    // configuration.
+    drop(site.registry.take());
     let node = site.start_node(&[]);
     site.wait(Duration::from_secs(60), "leftovers removed", || {
         site.log("node.log").contains("removed leftovers")
@@ -510,4 +516,257 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
         site.log("node.log")
     );
     site.assert_clean(address);
+}
+
+/// A registry on 127.0.0.1 (no namespace, no root), killed by PID on drop.
+struct LocalRegistry {
+    child: std::process::Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LocalRegistry {
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let out = re6st(&[
+            "registry",
+            "init",
+            "--network",
+            NETWORK,
+            "--dir",
+            path(&d.join("ca")),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(d.join("registry.log")).unwrap();
+        let child = Command::new(RE6ST)
+            .args([
+                "registry",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--db",
+                path(&d.join("registry.db")),
+                "--ca",
+                path(&d.join("ca/ca.crt")),
+                "--key",
+                path(&d.join("ca/ca.key")),
+                "--mailhost",
+                path(&d.join("mbox")),
+                "--anonymous-prefix-length",
+                "16",
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let reg = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+
+    /// Enrolls a node anonymously into `<dir>/<name>`.
+    fn enroll(&self, name: &str) -> PathBuf {
+        let node = self.dir.path().join(name);
+        let out = re6st(&[
+            "conf",
+            "--registry",
+            &self.url,
+            "--anonymous",
+            "--dir",
+            path(&node),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node
+    }
+}
+
+/// `re6st node` on the enrolled `node` directory, state and run inside it.
+fn node_command(node: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(RE6ST);
+    cmd.args([
+        "node",
+        "--config",
+        path(&node.join("re6st.toml")),
+        "--state",
+        path(&node.join("state")),
+        "--run",
+        path(&node.join("run")),
+    ])
+    .args(extra);
+    cmd
+}
+
+#[test]
+fn a_revoked_node_says_so_and_exits_1() {
+    let reg = LocalRegistry::start(&[]);
+    let node = reg.enroll("n");
+    let pem = std::fs::read_to_string(node.join("cert.crt")).unwrap();
+    let serial = re6st::pki::NodeCert::from_pem(&pem).unwrap().serial();
+    let out = re6st(&[
+        "registry",
+        "revoke",
+        "--registry",
+        &reg.url,
+        "--serial",
+        &serial.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = node_command(&node, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("re6st node: our certificate was revoked"),
+        "{stderr}"
+    );
+    assert!(!node.join("run/control.sock").exists());
+}
+
+#[test]
+fn sigterm_while_waiting_for_the_registry_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("n");
+    pki(&node, "1");
+    // Nothing listens on port 1: the registry is unreachable and no
+    // configuration is cached, so the node keeps retrying.
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let mut child = Command::new(RE6ST)
+        .args([
+            "node",
+            "--registry",
+            "http://127.0.0.1:1",
+            "--ca",
+            path(&node.join("ca.crt")),
+            "--cert",
+            path(&node.join("node1.crt")),
+            "--key",
+            path(&node.join("node1.key")),
+            "--state",
+            path(&node.join("state")),
+            "--run",
+            path(&node.join("run")),
+        ])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_log().matches("retrying in").count() < 2 {
+        assert!(Instant::now() < deadline, "no retries:\n{}", read_log());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not stop:\n{}", read_log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", read_log());
+    assert!(read_log().contains("SIGTERM: stopping"), "{}", read_log());
+}
+
+#[test]
+fn renewal_writes_a_new_certificate_for_the_same_key_and_prefix() {
+    // Certificates of 10 days: within the registry's renewal window.
+    let reg = LocalRegistry::start(&["--validity", "10"]);
+    let node = reg.enroll("n");
+    let (ca, cert, key) = (
+        node.join("ca.crt"),
+        node.join("cert.crt"),
+        node.join("cert.key"),
+    );
+    let now = std::time::SystemTime::now();
+    let before = re6st::node::startup::load_identity(&ca, &cert, &key, now).unwrap();
+    let registry = re6st::registry::RegistryClient::new(&reg.url).unwrap();
+    let renewed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(re6st::node::startup::renew(&registry, &before, now))
+        .unwrap();
+    let Renewal::Renewed(renewed) = renewed else {
+        panic!("not renewed")
+    };
+    assert_ne!(renewed.serial(), before.cert.serial());
+    let later = now + Duration::from_secs(60);
+    let after = re6st::node::startup::load_identity(&ca, &cert, &key, later).unwrap();
+    assert_eq!(
+        after.cert.serial(),
+        renewed.serial(),
+        "the file holds the new certificate"
+    );
+    assert_eq!(after.prefix, before.prefix);
+    let leftovers: Vec<_> = std::fs::read_dir(&node)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_registry_that_does_not_renew_yet_leaves_the_certificate_alone() {
+    // A year-long certificate is far from the registry's renewal window.
+    let reg = LocalRegistry::start(&[]);
+    let node = reg.enroll("n");
+    let (ca, cert, key) = (
+        node.join("ca.crt"),
+        node.join("cert.crt"),
+        node.join("cert.key"),
+    );
+    let before_pem = std::fs::read(&cert).unwrap();
+    let now = std::time::SystemTime::now();
+    let identity = re6st::node::startup::load_identity(&ca, &cert, &key, now).unwrap();
+    let registry = re6st::registry::RegistryClient::new(&reg.url).unwrap();
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(re6st::node::startup::renew(&registry, &identity, now))
+        .unwrap();
+    assert!(matches!(answer, Renewal::NotYet), "{answer:?}");
+    assert_eq!(std::fs::read(&cert).unwrap(), before_pem);
 }

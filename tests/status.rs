@@ -113,7 +113,10 @@ async fn status_prints_the_node_state() {
     assert!(out.status.success());
     assert!(text.contains("2001:db8:42:9::/64"), "{text}");
 
-    let out = status(&["--run", run, "--json"]).await;
+    // The run directory can come from the node's configuration file.
+    let config = dir.path().join("re6st.toml");
+    std::fs::write(&config, format!("run = {run:?}\nregistry = \"http://x\"\n")).unwrap();
+    let out = status(&["--config", config.to_str().unwrap(), "--json"]).await;
     assert!(out.status.success());
     let parsed: Status = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(parsed, sample(false));

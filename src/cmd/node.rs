@@ -25,18 +25,20 @@ use std::io::{self, IsTerminal as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use re6st::kernel::Kernel;
+use re6st::node::cache::PeerCache;
 use re6st::node::control;
 use re6st::node::hooks::Hooks;
 use re6st::node::mesh::{self, MeshExit, MeshSetup};
 use re6st::node::options::{NodeArgs, NodeOptions};
-use re6st::node::startup::{self, Backoff, NodeAddresses, Plumbing, StartupError};
+use re6st::node::startup::{self, Backoff, NodeAddresses, Plumbing, Renewal, StartupError};
+use re6st::pki::NodeCert;
 use re6st::registry::RegistryClient;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +56,13 @@ const EXIT_FAILURE: u8 = 1;
 
 /// Room for control requests waiting for the mesh loop.
 const CONTROL_QUEUE: usize = 64;
+
+/// Longest sleep before checking the clock again while waiting to renew.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+/// First retry delay of a failed renewal.
+const RENEWAL_RETRY_MIN: Duration = Duration::from_secs(60);
+/// Longest retry delay of a failed renewal.
+const RENEWAL_RETRY_MAX: Duration = Duration::from_secs(3600);
 
 /// Runs `re6st node` and returns its exit status. Sets up its own logging
 /// (the other subcommands' is not initialised for it).
@@ -90,7 +99,7 @@ pub(crate) fn main(cmd: NodeCmd, verbose: u8) -> ExitCode {
         run(options).await
     });
     // Hooks and control tasks are done; do not wait for stray tasks.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match outcome {
         Ok(MeshExit::Stopped) => {
             tracing::info!("stopped");
@@ -185,11 +194,6 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
         p = prepare(&registry, identity, &cache) => p?,
         () = signals.recv() => return Ok(MeshExit::Stopped),
     };
-    let Prepared {
-        identity,
-        config,
-        babel_keys,
-    } = prepared;
 
     let kernel = Kernel::connect().context("netlink")?;
     let leftovers = startup::remove_leftovers(&kernel, addrs.address).await?;
@@ -210,10 +214,7 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
         addrs.network
     );
 
-    let result = serve(
-        &options, &addrs, identity, config, babel_keys, cache, registry, signals,
-    )
-    .await;
+    let result = serve(&options, &addrs, prepared, cache, registry, signals).await;
 
     // Safety net after the mesh cleaned up: nothing of ours stays.
     plumbing.remove(&kernel).await;
@@ -236,7 +237,7 @@ struct Prepared {
 async fn prepare(
     registry: &RegistryClient,
     mut identity: startup::Identity,
-    cache: &re6st::node::cache::PeerCache,
+    cache: &PeerCache,
 ) -> Result<Prepared, Failure> {
     let now = SystemTime::now();
     if startup::renewal_due(identity.cert.not_before(), identity.cert.not_after(), now) {
@@ -245,13 +246,16 @@ async fn prepare(
             identity.cert_path.display()
         );
         match startup::renew(registry, &identity, now).await {
-            Ok(cert) => {
+            Ok(Renewal::Renewed(cert)) => {
                 tracing::info!(
                     "certificate renewed (serial {}), written to {}",
                     cert.serial(),
                     identity.cert_path.display()
                 );
-                identity.cert = cert;
+                identity.cert = *cert;
+            }
+            Ok(Renewal::NotYet) => {
+                tracing::info!("the registry does not renew our certificate yet")
             }
             Err(e) if identity.is_expired(now) => {
                 return Err(Failure::Runtime(anyhow::anyhow!(
@@ -279,46 +283,154 @@ async fn prepare(
 }
 
 /// Control socket, metrics, hooks and the mesh loop, then their shutdown.
-#[allow(clippy::too_many_arguments)]
+///
+/// When the certificate comes due for renewal while the node runs, a
+/// background task renews it; the mesh is then stopped and started again
+/// with the new certificate (tunnels are re-established; our address, the
+/// unreachable route and the hooks stay).
 async fn serve(
     options: &NodeOptions,
     addrs: &NodeAddresses,
-    identity: startup::Identity,
-    config: re6st::registry::NetworkConfig,
-    babel_keys: Option<re6st::registry::BabelKeys>,
-    cache: re6st::node::cache::PeerCache,
+    prepared: Prepared,
+    cache: PeerCache,
     registry: RegistryClient,
     mut signals: Signals,
 ) -> Result<MeshExit, Failure> {
-    let (socket, listener) = startup::bind_control(&options.run)?;
-    let (calls_tx, calls) = mpsc::channel(CONTROL_QUEUE);
-    let control_task = tokio::spawn(control::serve(listener, calls_tx.clone()));
-    if let Some(addr) = options.metrics {
-        tracing::warn!("--metrics {addr}: this build has no metrics exporter yet; ignored");
-    }
-    drop(calls_tx);
-
+    let Prepared {
+        mut identity,
+        mut config,
+        mut babel_keys,
+    } = prepared;
     let env = startup::hook_env(addrs, &options.main_interface);
     let hooks = Hooks::start(options.up.as_deref(), &options.daemons, &env);
+    let mut cache = Some(cache);
+    let result = loop {
+        let (socket, listener) = match startup::bind_control(&options.run) {
+            Ok(bound) => bound,
+            Err(e) => break Err(e.into()),
+        };
+        let (calls_tx, calls) = mpsc::channel(CONTROL_QUEUE);
+        let control_task = tokio::spawn(control::serve(listener, calls_tx.clone()));
+        if let Some(addr) = options.metrics {
+            tracing::warn!("--metrics {addr}: this build has no metrics exporter yet; ignored");
+        }
+        drop(calls_tx);
 
-    let setup = MeshSetup {
-        options: options.clone(),
-        cert: identity.cert,
-        key: identity.key,
-        ca: identity.ca_pem,
-        prefix: identity.prefix,
-        network: identity.network,
-        config,
-        babel_keys,
-        cache,
-        registry,
+        let (renewed_tx, mut renewed_rx) = oneshot::channel();
+        let renewal = tokio::spawn(renew_in_background(
+            registry.clone(),
+            identity.clone(),
+            renewed_tx,
+        ));
+        let mesh_cache = match cache.take() {
+            Some(c) => c,
+            None => match startup::open_cache(&options.state) {
+                Ok(c) => c,
+                Err(e) => break Err(e.into()),
+            },
+        };
+        let setup = MeshSetup {
+            options: options.clone(),
+            cert: identity.cert.clone(),
+            key: identity.key.clone(),
+            ca: identity.ca_pem.clone(),
+            prefix: identity.prefix,
+            network: identity.network,
+            config: config.clone(),
+            babel_keys: babel_keys.clone(),
+            cache: mesh_cache,
+            registry: registry.clone(),
+        };
+        let mut renewed = None;
+        let shutdown = async {
+            tokio::select! {
+                () = signals.recv() => {}
+                Ok(cert) = &mut renewed_rx => renewed = Some(cert),
+            }
+        };
+        let result = mesh::run(setup, calls, shutdown).await;
+        renewal.abort();
+        control_task.abort();
+        remove_socket(&socket);
+        match (result, renewed) {
+            (Ok(MeshExit::Stopped), Some(cert)) => {
+                tracing::info!("restarting the mesh with the renewed certificate");
+                identity.cert = cert;
+            }
+            (result, _) => break result.map_err(|e| Failure::Runtime(e.into())),
+        }
+        // The configuration may have changed meanwhile.
+        let reopened = match startup::open_cache(&options.state) {
+            Ok(c) => c,
+            Err(e) => break Err(e.into()),
+        };
+        let fetched = tokio::select! {
+            v = startup::network_config(&registry, &identity, &reopened, Backoff::default(), rand::random::<f64>) => v,
+            () = signals.recv() => break Ok(MeshExit::Stopped),
+        };
+        let verified = match fetched {
+            Ok(v) => v,
+            Err(StartupError::Revoked) => break Ok(MeshExit::Revoked),
+            Err(e) => break Err(e.into()),
+        };
+        match verified.config.open_babel_keys(&identity.key) {
+            Ok(keys) => (config, babel_keys) = (verified.config, keys),
+            Err(e) => {
+                break Err(anyhow::Error::from(e)
+                    .context("network configuration")
+                    .into())
+            }
+        }
+        cache = Some(reopened);
     };
-    let result = mesh::run(setup, calls, async move { signals.recv().await }).await;
-
     hooks.stop().await;
-    control_task.abort();
-    remove_socket(&socket);
-    result.map_err(|e| Failure::Runtime(e.into()))
+    result
+}
+
+/// Sleeps until the certificate is due for renewal, then renews it
+/// (retrying with backoff from 1 minute to 1 hour) and sends the new one.
+async fn renew_in_background(
+    registry: RegistryClient,
+    identity: startup::Identity,
+    renewed: oneshot::Sender<NodeCert>,
+) {
+    let cert = &identity.cert;
+    let due = startup::renewal_time(cert.not_before(), cert.not_after());
+    // Sleep in slices against the wall clock: a suspended machine or a
+    // clock change does not delay the renewal by much.
+    while let Ok(left) = due.duration_since(SystemTime::now()) {
+        tokio::time::sleep(left.min(RENEWAL_CHECK)).await;
+    }
+    let mut backoff = Backoff::new(RENEWAL_RETRY_MIN, RENEWAL_RETRY_MAX);
+    loop {
+        let now = SystemTime::now();
+        let delay = match startup::renew(&registry, &identity, now).await {
+            Ok(Renewal::Renewed(new)) => {
+                tracing::info!(
+                    "certificate renewed (serial {}), written to {}",
+                    new.serial(),
+                    identity.cert_path.display()
+                );
+                let _ = renewed.send(*new);
+                return;
+            }
+            Ok(Renewal::NotYet) => {
+                tracing::debug!("the registry does not renew our certificate yet");
+                startup::RENEWAL_NOT_YET_RETRY
+            }
+            Err(e) => {
+                let delay = backoff.next_delay(rand::random::<f64>());
+                let expired = if identity.is_expired(now) {
+                    " (the certificate has expired)"
+                } else {
+                    ""
+                };
+                tracing::warn!("{e}{expired}; retrying in {} s", delay.as_secs());
+                delay
+            }
+        };
+        tokio::time::sleep(delay).await;
+    }
 }
 
 fn remove_socket(path: &Path) {

@@ -7,7 +7,7 @@
 //! sample.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
@@ -17,9 +17,13 @@ use re6st::node::options::DEFAULT_RUN_DIR;
 /// Options of `re6st status`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct StatusArgs {
-    /// The node's run directory (where its control socket is).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
-    run: PathBuf,
+    /// The node's run directory (where its control socket is) [default:
+    /// the `run` key of --config, else /run/re6st].
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+    /// The node's configuration file, to find its run directory.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Print the node's answer as JSON.
     #[arg(long)]
     json: bool,
@@ -46,8 +50,30 @@ pub(crate) fn run(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--run`, else the `run` key of `--config` (relative to the file's
+/// directory, as the node reads it), else the default.
+fn run_dir(args: &StatusArgs) -> anyhow::Result<PathBuf> {
+    if let Some(run) = &args.run {
+        return Ok(run.clone());
+    }
+    let Some(config) = &args.config else {
+        return Ok(DEFAULT_RUN_DIR.into());
+    };
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", config.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", config.display()))?;
+    match table.get("run") {
+        None => Ok(DEFAULT_RUN_DIR.into()),
+        Some(toml::Value::String(run)) => Ok(config.parent().unwrap_or(Path::new("")).join(run)),
+        Some(_) => bail!("{}: `run` is not a string", config.display()),
+    }
+}
+
 async fn fetch(args: &StatusArgs) -> anyhow::Result<Status> {
-    let path = control::socket_path(&args.run);
+    let run = run_dir(args)?;
+    let path = control::socket_path(&run);
     let request = Request::Status {
         routes: args.routes,
     };
@@ -59,7 +85,7 @@ async fn fetch(args: &StatusArgs) -> anyhow::Result<Status> {
         Err(ControlError::Connect { path, source }) => bail!(
             "no node answers on {} ({source}); is `re6st node` running with --run {}?",
             path.display(),
-            args.run.display()
+            run.display()
         ),
         Err(e) => Err(e.into()),
     }

@@ -495,6 +495,18 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
         self.fill(now);
     }
 
+    /// The registry gave no bootstrap peer (unreachable, or it knows no
+    /// live peer yet): ask again `retry` from `now` instead of waiting the
+    /// whole `bootstrap_interval`. The driver chooses `retry` (a growing
+    /// backoff); it never delays a request already due sooner.
+    pub fn handle_bootstrap_failed(&mut self, retry: Duration, now: Instant) {
+        let at = now + retry;
+        if self.next_bootstrap.is_none_or(|n| n > at) {
+            self.next_bootstrap = Some(at);
+            self.timers[Timer::Bootstrap as usize] = Some(at);
+        }
+    }
+
     /// An incoming tunnel from `peer` asks to be accepted. Returns whether
     /// to accept it (the driver refuses the handshake otherwise).
     pub fn handle_incoming(&mut self, peer: P, now: Instant) -> bool {
@@ -1750,6 +1762,28 @@ mod tests {
         let now = h.now;
         h.policy.handle_bootstrap_peer(42, addr(42), now);
         assert_eq!(connects(&h.actions()), vec![42]);
+    }
+
+    #[test]
+    fn failed_bootstrap_is_retried_sooner() {
+        let mut h = Harness::new(100, config(3, 10));
+        let now = h.now;
+        h.policy.set_registry(Some(1), now);
+        let actions = h.advance(1.0);
+        assert_eq!(count(&actions, |a| *a == Action::RequestBootstrapPeer), 1);
+        let now = h.now;
+        h.policy
+            .handle_bootstrap_failed(Duration::from_secs(2), now);
+        let actions = h.advance(2.5);
+        assert!(actions.is_empty(), "{actions:?}");
+        let actions = h.advance(3.5);
+        assert_eq!(count(&actions, |a| *a == Action::RequestBootstrapPeer), 1);
+        // A longer retry never postpones the regular interval.
+        let now = h.now;
+        h.policy
+            .handle_bootstrap_failed(Duration::from_secs(600), now);
+        let actions = h.advance(64.0);
+        assert_eq!(count(&actions, |a| *a == Action::RequestBootstrapPeer), 1);
     }
 
     #[test]

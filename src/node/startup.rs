@@ -18,7 +18,11 @@
 //!    lifetime (or expired but still in the registry's grace period), a new
 //!    certificate for the same key is asked for with a fresh CSR and written
 //!    over the old file atomically (temporary file, `fsync`, `rename`).
-//!    A failed renewal of a still valid certificate is a warning.
+//!    A failed renewal of a still valid certificate is a warning. A
+//!    registry that only renews closer to the expiry answers with the
+//!    current certificate ([`Renewal::NotYet`]): the node asks again daily.
+//!    While the node runs, `re6st node` renews in the background when the
+//!    time comes and restarts the mesh loop with the new certificate.
 //! 5. [`check_not_running`]: refuse to start when another node answers on
 //!    the control socket of the same run directory.
 //! 6. [`remove_leftovers`]: what a crashed run may have left: interfaces
@@ -604,15 +608,34 @@ pub async fn network_config(
 // ---------------------------------------------------------------------------
 // Certificate renewal.
 
+/// How long to wait before asking again when the registry kept our
+/// certificate (it renews only close to the expiry; re6st's registry within
+/// 30 days of it).
+pub const RENEWAL_NOT_YET_RETRY: Duration = Duration::from_secs(86_400);
+
+/// How far in the future a renewed certificate may start (clock skew
+/// between the registry and us).
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// What the registry answered to a renewal.
+#[derive(Clone, Debug)]
+pub enum Renewal {
+    /// A new certificate, already written over the certificate file.
+    Renewed(Box<NodeCert>),
+    /// The registry answered with our current certificate: too early for
+    /// it. Ask again later ([`RENEWAL_NOT_YET_RETRY`]).
+    NotYet,
+}
+
 /// Asks the registry for a new certificate for our key (fresh CSR), checks
 /// it (signed by the CA, valid, same prefix, our key) and writes it over
-/// the certificate file atomically. Returns the new certificate; the
-/// caller replaces `identity.cert` with it.
+/// the certificate file atomically. The caller replaces `identity.cert`
+/// with a [`Renewal::Renewed`] certificate.
 pub async fn renew(
     registry: &RegistryClient,
     identity: &Identity,
     now: SystemTime,
-) -> Result<NodeCert, StartupError> {
+) -> Result<Renewal, StartupError> {
     let fail = |m: String| StartupError::Renew(m);
     let csr = Csr::generate(&identity.key, &[]).map_err(|e| fail(e.to_string()))?;
     let answer = registry
@@ -621,9 +644,15 @@ pub async fn renew(
         .map_err(|e| fail(e.to_string()))?;
     let cert = NodeCert::from_pem(&answer.cert)
         .map_err(|e| fail(format!("the registry sent an invalid certificate: {e}")))?;
+    // The registry starts the validity at its own clock: tolerate a small
+    // skew (and the time the request took).
+    let at = match cert.not_before() {
+        start if start > now && start <= now + MAX_CLOCK_SKEW => start,
+        _ => now,
+    };
     let prefix = identity
         .verifier
-        .verify(&cert, now)
+        .verify(&cert, at)
         .map_err(|e| fail(format!("the registry sent a bad certificate: {e}")))?;
     if prefix != identity.prefix {
         return Err(fail(format!(
@@ -634,8 +663,11 @@ pub async fn renew(
     if cert.public_key().ok() != Some(identity.key.verifying_key()) {
         return Err(fail("the new certificate is not for our key".into()));
     }
+    if cert.der() == identity.cert.der() {
+        return Ok(Renewal::NotYet);
+    }
     write_atomically(&identity.cert_path, cert.to_pem().as_bytes(), 0o644)?;
-    Ok(cert)
+    Ok(Renewal::Renewed(Box::new(cert)))
 }
 
 /// Replaces `path` with `data` so that readers see the old or the new

@@ -240,6 +240,7 @@ struct Mesh {
     asks_tx: mpsc::UnboundedSender<Ask>,
     fetching: bool,
     revoked: bool,
+    bootstrap_failures: u32,
     announced: Vec<(Address, Source)>,
     /// Tunnel peers we told our configuration version since their tunnel
     /// came up.
@@ -383,6 +384,7 @@ impl Mesh {
             asks_tx,
             fetching: false,
             revoked: false,
+            bootstrap_failures: 0,
             announced: Vec::new(),
             told_version: std::collections::BTreeSet::new(),
             lan_names,
@@ -978,8 +980,12 @@ impl Mesh {
                     p.handle_tunnel_up(peer.prefix, direction, now);
                 }
                 self.log(format!(
-                    "{proto} tunnel {} with {} at {addr} up on {interface}",
-                    if initiated { "to" } else { "from" },
+                    "{proto} tunnel {} {} at {addr} up on {interface}",
+                    if direction == Direction::Outgoing {
+                        "to"
+                    } else {
+                        "from"
+                    },
                     peer.prefix
                 ));
                 self.prepare_interface(key, interface);
@@ -1075,6 +1081,7 @@ impl Mesh {
     async fn internal(&mut self, internal: Internal) {
         match internal {
             Internal::Bootstrap(Ok((peer, addresses))) => {
+                self.bootstrap_failures = 0;
                 self.log(format!(
                     "registry bootstrap peer: {peer} ({} addresses)",
                     addresses.len()
@@ -1083,7 +1090,14 @@ impl Mesh {
                     p.handle_bootstrap_peer(peer, addresses, Instant::now());
                 }
             }
-            Internal::Bootstrap(Err(e)) => tracing::warn!("no bootstrap peer: {e}"),
+            Internal::Bootstrap(Err(e)) => {
+                self.bootstrap_failures = self.bootstrap_failures.saturating_add(1);
+                let retry = bootstrap_retry(self.bootstrap_failures);
+                tracing::warn!("no bootstrap peer (retrying in {retry:?}): {e}");
+                if let Some(p) = &mut self.policy {
+                    p.handle_bootstrap_failed(retry, Instant::now());
+                }
+            }
             Internal::ClientRetry => self.client_connect().await,
             Internal::Config(Ok(fetched)) => {
                 self.fetching = false;
@@ -1140,6 +1154,7 @@ impl Mesh {
                 return;
             }
             Request::Versions => {
+                self.poll_routes().await;
                 let mut nodes: Vec<NodePrefix> =
                     routes::destinations(&self.selected, &self.network, |_| None)
                         .into_iter()
@@ -1294,6 +1309,13 @@ impl Mesh {
     }
 }
 
+/// The pause before asking the registry again after `failures` failed
+/// bootstrap requests: 2 s doubling up to a minute.
+fn bootstrap_retry(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(5);
+    Duration::from_secs(2 << shift).min(Duration::from_secs(60))
+}
+
 /// Opens the registry's bootstrap answer: `sealed` is base64 of our
 /// sealed JSON list of `IP,PORT,PROTO` strings; unparsable entries are
 /// skipped.
@@ -1335,3 +1357,31 @@ fn seed_from_cache(policy: &mut Policy<NodePrefix>, cache: &PeerCache, now: Inst
 
 /// Peers kept in the cache at shutdown.
 const CACHE_KEEP: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_backoff_doubles_up_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| bootstrap_retry(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    #[test]
+    fn bootstrap_answer_opened_with_our_key() {
+        let key = crate::pki::generate_key();
+        let list =
+            serde_json::to_vec(&["10.42.0.1,1194,udp", "junk", "10.42.0.1,1194,tcp"]).unwrap();
+        let sealed = base64::engine::general_purpose::STANDARD
+            .encode(crate::pki::seal(&key.verifying_key(), &list));
+        let (peer, addresses) = open_bootstrap(&key, "0/16", &sealed).unwrap();
+        assert_eq!(peer, NodePrefix::new(0, 16).unwrap());
+        assert_eq!(addresses.len(), 2);
+        assert_eq!(addresses[1].to_string(), "10.42.0.1,1194,tcp");
+        let other = crate::pki::generate_key();
+        assert!(open_bootstrap(&other, "0/16", &sealed).is_err());
+        assert!(open_bootstrap(&key, "0/x", &sealed).is_err());
+        assert!(open_bootstrap(&key, "0/16", "!!").is_err());
+    }
+}
