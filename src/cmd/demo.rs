@@ -116,8 +116,10 @@ pub(crate) fn run(a: DemoArgs) -> anyhow::Result<()> {
             println!("\ninterrupted: tearing down");
         } else {
             eprintln!("re6st demo: {e:#}");
-            eprintln!("last lines of the registry node's log:");
-            eprintln!("{}", bed.log_tail(0, 15));
+            for i in 0..bed.len() {
+                eprintln!("---- end of {}:", bed.log_path(i).display());
+                eprintln!("{}", bed.log_tail(i, 8));
+            }
             eprintln!("(set RE6ST_KEEP_BED=1 to keep the logs)");
         }
     }
@@ -143,10 +145,11 @@ pub(crate) fn run(a: DemoArgs) -> anyhow::Result<()> {
 
 fn demo(bed: &mut MeshBed, a: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let since = Instant::now();
-    for i in 0..bed.len() {
-        bed.start_node(i)?;
-    }
-    println!("  {} nodes started; waiting for the mesh:", bed.len());
+    bed.start_nodes()?;
+    println!(
+        "  registry's node up, then {} nodes started; waiting for the mesh:",
+        bed.len() - 1
+    );
     bed.wait_ready(Duration::from_secs(60))?;
     let total = bed.len() * (bed.len() - 1);
     let (matrix, converged) = bed.wait_all_pairs(
