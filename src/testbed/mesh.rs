@@ -236,8 +236,11 @@ impl MeshBed {
             Some(d) => d.clone(),
             None => {
                 static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                std::env::temp_dir().join(format!(
-                    "re6st-mesh-{}-{}",
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                std::env::temp_dir().join("re6st-beds").join(format!(
+                    "{}-{}-{nanos:08x}",
                     std::process::id(),
                     N.fetch_add(1, Ordering::Relaxed)
                 ))
