@@ -265,8 +265,10 @@ fn print_status(bed: &MeshBed, i: usize) {
 
 /// The figures of benches/README.md's "Node" section.
 fn measure(bed: &mut MeshBed, converged: Duration) -> anyhow::Result<()> {
+    const SETTLE: Duration = Duration::from_secs(15);
     const REST: Duration = Duration::from_secs(30);
-    println!("\n== measuring: control traffic at rest over {REST:?}");
+    println!("\n== measuring: control traffic at rest over {REST:?}, after {SETTLE:?} to settle");
+    bed.sleep(SETTLE)?;
     let before: Vec<_> = (0..bed.len())
         .map(|i| bed.status(i))
         .collect::<Result<_, _>>()?;
@@ -326,8 +328,13 @@ fn measure(bed: &mut MeshBed, converged: Duration) -> anyhow::Result<()> {
     let (tun_mean, tun_max) = stats(&tunnel);
     let (rss_mean, rss_max) = stats(&rss);
     println!(
-        "\nfigures ({} nodes, debug or release as built):",
-        bed.len()
+        "\nfigures ({} nodes, {} build):",
+        bed.len(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     println!(
         "  time to all-pairs reachability: {:.1} s",
