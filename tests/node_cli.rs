@@ -2,10 +2,11 @@
 //! and exit status 2 (no root needed); in a network namespace, against a
 //! real registry, a node adds its address and unreachable route, answers
 //! on its control socket, runs `--up` and `--daemon` with the node's
-//! environment, and leaves nothing behind after SIGTERM; after `kill -9`
+//! environment, serves `re6st status` and metrics, and leaves nothing behind after SIGTERM; after `kill -9`
 //! a restart removes the leftovers, from the cached configuration when the
 //! registry is down. Against a registry on loopback (no root): revocation,
-//! SIGTERM while waiting for an unreachable registry, renewal.
+//! SIGTERM while waiting for an unreachable registry, log reopening on
+//! SIGHUP, renewal.
 
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
@@ -346,13 +347,13 @@ impl Site {
             .ok()
     }
 
-    fn wait_up(&self, address: Ipv6Addr) {
+    fn wait_up(&self, address: Ipv6Addr, iface: &str) {
         let lo = format!("{address}/128");
         self.wait(
             Duration::from_secs(60),
             "the node's address and route",
             || {
-                self.ip(&["-6", "addr", "show", "dev", "lo"]).contains(&lo)
+                self.ip(&["-6", "addr", "show", "dev", iface]).contains(&lo)
                     && self
                         .our_routes()
                         .contains(&format!("unreachable {NETWORK}"))
@@ -404,8 +405,71 @@ fn a_node_sets_up_answers_runs_hooks_and_cleans_up() {
         up_out.display()
     );
     let daemon = format!("echo $$ > {}; exec sleep 1000", daemon_pid.display());
-    let node = site.start_node(&["--up", &up, "--daemon", &daemon]);
-    site.wait_up(address);
+    let node = site.start_node(&[
+        "--up",
+        &up,
+        "--daemon",
+        &daemon,
+        "--metrics",
+        "127.0.0.1:9100",
+    ]);
+    site.wait_up(address, "lo");
+
+    // A second node in the same namespace (another run directory) refuses
+    // to start, and leaves the first one alone.
+    let second = site
+        .ns
+        .command(RE6ST)
+        .args(["node", "--config", path(&site.path("node/re6st.toml"))])
+        .args([
+            "--state",
+            path(&site.path("state2")),
+            "--run",
+            path(&site.path("run2")),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("re6st node: another re6st node is running in this network namespace"),
+        "{stderr}"
+    );
+    assert!(
+        site.our_routes().contains("unreachable"),
+        "the first node's route stays"
+    );
+
+    // `re6st status` reads the same socket.
+    let out = Command::new(RE6ST)
+        .args(["status", "--run", path(&site.path("run"))])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&address.to_string()), "{text}");
+
+    // The metrics exporter answers inside the namespace.
+    let scrape = site
+        .ns
+        .block_on(|| async {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut s = tokio::net::TcpStream::connect("127.0.0.1:9100").await?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).await?;
+            std::io::Result::Ok(body)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(scrape.contains("re6st_config_version"), "{scrape}");
 
     // The control socket answers with our identity.
     let status = site.status();
@@ -458,8 +522,38 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     }
     let mut site = Site::new("nodekill");
     let address = site.address();
-    let node = site.start_node(&[]);
-    site.wait_up(address);
+    // The address goes on another main interface this time: a TUN device
+    // without carrier, where it would stay tentative without `nodad`.
+    site.ns
+        .exec("ip", &["tuntap", "add", "dev", "main0", "mode", "tun"])
+        .unwrap();
+    site.ns.exec("ip", &["link", "set", "main0", "up"]).unwrap();
+    let out = site
+        .ns
+        .command(RE6ST)
+        .args(["node", "--config", path(&site.path("node/re6st.toml"))])
+        .args([
+            "--state",
+            path(&site.path("state")),
+            "--run",
+            path(&site.path("run")),
+        ])
+        .args(["-I", "nosuch0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some("re6st node: main interface \"nosuch0\" does not exist (-I/--main-interface)"),
+        "{stderr}"
+    );
+    assert!(site.our_routes().trim().is_empty(), "{}", site.our_routes());
+
+    let node = site.start_node(&["-I", "main0"]);
+    site.wait_up(address, "main0");
+    let shown = site.ip(&["-6", "addr", "show", "dev", "main0"]);
+    assert!(!shown.contains("tentative"), "{shown}");
     node.signal(Signal::SIGKILL).unwrap();
     let _ = node.wait();
 
@@ -492,11 +586,11 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     // The registry is gone too: the node starts from its cached
     // configuration.
     drop(site.registry.take());
-    let node = site.start_node(&[]);
+    let node = site.start_node(&["-I", "main0"]);
     site.wait(Duration::from_secs(60), "leftovers removed", || {
         site.log("node.log").contains("removed leftovers")
     });
-    site.wait_up(address);
+    site.wait_up(address, "main0");
     assert!(
         site.re6st_links().iter().all(|l| l != "re6st-99"),
         "{:?}",
@@ -657,13 +751,17 @@ fn a_revoked_node_says_so_and_exits_1() {
 }
 
 #[test]
-fn sigterm_while_waiting_for_the_registry_stops_cleanly() {
+fn waiting_for_the_registry_with_a_corrupt_cache_then_sighup_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("n");
     pki(&node, "1");
+    let log = dir.path().join("node.log");
+    let rotated = dir.path().join("node.log.1");
+    // A corrupt peer cache is moved aside, not a reason to stop.
+    std::fs::create_dir_all(node.join("state")).unwrap();
+    std::fs::write(node.join("state/peers.db"), b"this is not a database").unwrap();
     // Nothing listens on port 1: the registry is unreachable and no
     // configuration is cached, so the node keeps retrying.
-    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
     let mut child = Command::new(RE6ST)
         .args([
             "node",
@@ -679,33 +777,78 @@ fn sigterm_while_waiting_for_the_registry_stops_cleanly() {
             path(&node.join("state")),
             "--run",
             path(&node.join("run")),
+            "--log",
+            path(&log),
         ])
-        .stderr(log)
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let read_log = || std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while read_log().matches("retrying in").count() < 2 {
-        assert!(Instant::now() < deadline, "no retries:\n{}", read_log());
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "exited:\n{}",
-            read_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\n{}{}",
+                read(&rotated),
+                read(&log)
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "exited:\n{}",
+                read(&log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("retries", &|| {
+        read(&log).matches("retrying in").count() >= 2
+    });
+
+    // Log rotation: the file is moved away, SIGHUP makes a new one.
+    std::fs::rename(&log, &rotated).unwrap();
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+    wait_for("a reopened log", &|| {
+        read(&log).contains("SIGHUP: log file reopened")
+    });
+    wait_for("retries in the new log", &|| {
+        read(&log).contains("retrying in")
+    });
+
     nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "did not stop:\n{}", read_log());
+        assert!(Instant::now() < deadline, "did not stop:\n{}", read(&log));
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(0), "{}", read_log());
-    assert!(read_log().contains("SIGTERM: stopping"), "{}", read_log());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", read(&log));
+    assert_eq!(stderr, "", "with --log nothing goes to stderr");
+    let text = read(&log);
+    assert!(text.contains("SIGTERM: stopping"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal colours in the log file"
+    );
+    let first = read(&rotated);
+    assert!(first.contains("no cached configuration"), "{first}");
+    assert!(first.contains("is corrupt"), "{first}");
+    let aside = std::fs::read_dir(node.join("state"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("peers.db.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
 }
 
 #[test]

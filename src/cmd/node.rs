@@ -14,6 +14,9 @@
 //!   configuration file, the certificate, key or CA files or the main
 //!   interface are wrong (one line on standard error says which); 1 for
 //!   failures at run time, including `our certificate was revoked`.
+//! - `--metrics ADDR:PORT`: the Prometheus exporter
+//!   ([`re6st::node::metrics`]) answers `GET /metrics` there while the
+//!   mesh runs.
 //! - At exit, after the mesh has closed its tunnels and removed its
 //!   routes: the `--daemon` children and a still running `--up` get
 //!   `SIGTERM` (then `SIGKILL` after 5 s); our address, the unreachable
@@ -30,11 +33,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use re6st::kernel::Kernel;
 use re6st::node::cache::PeerCache;
-use re6st::node::control;
 use re6st::node::hooks::Hooks;
 use re6st::node::mesh::{self, MeshExit, MeshSetup};
 use re6st::node::options::{NodeArgs, NodeOptions};
 use re6st::node::startup::{self, Backoff, NodeAddresses, Plumbing, Renewal, StartupError};
+use re6st::node::{control, metrics};
 use re6st::pki::NodeCert;
 use re6st::registry::RegistryClient;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -195,6 +198,8 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
         () = signals.recv() => return Ok(MeshExit::Stopped),
     };
 
+    // From here on we change the namespace's kernel state: one node only.
+    let _namespace = startup::claim_namespace()?;
     let kernel = Kernel::connect().context("netlink")?;
     let leftovers = startup::remove_leftovers(&kernel, addrs.address).await?;
     if !leftovers.is_empty() {
@@ -205,8 +210,14 @@ async fn run(options: NodeOptions) -> Result<MeshExit, Failure> {
             leftovers.addresses.len()
         );
     }
-    let plumbing =
-        Plumbing::install(&kernel, &options.main_interface, &addrs, options.table).await?;
+    let plumbing = Plumbing::install(
+        &kernel,
+        &options.main_interface,
+        &addrs,
+        options.table,
+        prepared.config.ipv4.is_some(),
+    )
+    .await?;
     tracing::info!(
         "{} on {}, unreachable {}",
         addrs.address,
@@ -305,15 +316,25 @@ async fn serve(
     let hooks = Hooks::start(options.up.as_deref(), &options.daemons, &env);
     let mut cache = Some(cache);
     let result = loop {
+        let metrics_listener = match options.metrics {
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => break Err(anyhow::anyhow!("--metrics {addr}: {e}").into()),
+            },
+            None => None,
+        };
         let (socket, listener) = match startup::bind_control(&options.run) {
             Ok(bound) => bound,
             Err(e) => break Err(e.into()),
         };
         let (calls_tx, calls) = mpsc::channel(CONTROL_QUEUE);
         let control_task = tokio::spawn(control::serve(listener, calls_tx.clone()));
-        if let Some(addr) = options.metrics {
-            tracing::warn!("--metrics {addr}: this build has no metrics exporter yet; ignored");
-        }
+        let metrics_task = metrics_listener.map(|l| {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!("metrics on http://{addr}/metrics");
+            }
+            tokio::spawn(metrics::serve(l, calls_tx.clone()))
+        });
         drop(calls_tx);
 
         let (renewed_tx, mut renewed_rx) = oneshot::channel();
@@ -352,6 +373,12 @@ async fn serve(
         renewal.abort();
         control_task.abort();
         remove_socket(&socket);
+        if let Some(task) = metrics_task {
+            // It ends once the mesh dropped its end of the calls; the port
+            // must be free before a restart binds it again.
+            task.abort();
+            let _ = task.await;
+        }
         match (result, renewed) {
             (Ok(MeshExit::Stopped), Some(cert)) => {
                 tracing::info!("restarting the mesh with the renewed certificate");

@@ -23,8 +23,11 @@
 //!    current certificate ([`Renewal::NotYet`]): the node asks again daily.
 //!    While the node runs, `re6st node` renews in the background when the
 //!    time comes and restarts the mesh loop with the new certificate.
-//! 5. [`check_not_running`]: refuse to start when another node answers on
-//!    the control socket of the same run directory.
+//! 5. [`check_not_running`] (before the configuration) and
+//!    [`claim_namespace`] (before touching the kernel): refuse to start when
+//!    another node answers on the control socket of the same run directory,
+//!    or runs in the same network namespace (an abstract Unix socket,
+//!    `@re6st-node`, marks it).
 //! 6. [`remove_leftovers`]: what a crashed run may have left: interfaces
 //!    named `re6st-*` (the prefix is reserved for our tunnels), every route
 //!    with protocol [`RTPROT_RE6ST`](crate::kernel::RTPROT_RE6ST) (61), and
@@ -33,9 +36,10 @@
 //!    (`lo` by default), an `unreachable` route for the whole network
 //!    prefix in the routing table of the node (so that packets to unknown
 //!    nodes of the network are refused instead of leaking to the default
-//!    route), and IPv6 forwarding switched on (a node routes for others).
-//!    [`Plumbing::remove`] undoes all three at exit (forwarding is put back
-//!    only if we switched it on).
+//!    route), and IPv6 forwarding switched on (a node routes for others;
+//!    IPv4 forwarding too when the configuration enables the IPv4
+//!    payload). [`Plumbing::remove`] undoes all three at exit (forwarding
+//!    is put back only if we switched it on).
 //!
 //! The sans-I/O parts (when to renew, the backoff schedule, which
 //! interfaces are leftovers, the node's addresses) are plain functions
@@ -48,6 +52,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
@@ -71,6 +77,9 @@ pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The kernel setting switched on so that the node forwards packets.
 pub const FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// The same for IPv4, switched on when the network carries IPv4.
+pub const IPV4_FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// Why the node cannot start (or stopped during start-up). Every message is
 /// one line saying what is wrong and where.
@@ -155,6 +164,9 @@ pub enum StartupError {
     /// directory.
     #[error("another re6st node is running: {0} answers (use another --run directory)")]
     AlreadyRunning(PathBuf),
+    /// Another node runs in this network namespace.
+    #[error("another re6st node is running in this network namespace")]
+    NamespaceTaken,
     /// The control socket could not be created.
     #[error("control socket {path}: {source}")]
     Control {
@@ -430,16 +442,11 @@ pub fn create_dir(dir: &Path, mode: u32) -> Result<(), StartupError> {
         })
 }
 
-/// Creates the state directory and opens the peer cache in it.
+/// Creates the state directory and opens the peer cache in it (a corrupt
+/// cache is moved aside with a warning by [`PeerCache::open`]).
 pub fn open_cache(state: &Path) -> Result<PeerCache, StartupError> {
     create_dir(state, 0o700)?;
-    let (cache, moved) = PeerCache::open(state)?;
-    if let Some(aside) = moved {
-        tracing::warn!(
-            "the peer cache was corrupt: moved to {} and started afresh",
-            aside.display()
-        );
-    }
+    let (cache, _moved_aside) = PeerCache::open(state)?;
     Ok(cache)
 }
 
@@ -722,6 +729,38 @@ pub async fn check_not_running(run: &Path) -> Result<(), StartupError> {
     Ok(())
 }
 
+/// The name of the abstract Unix socket that marks a running node in a
+/// network namespace.
+pub const NAMESPACE_LOCK: &str = "re6st-node";
+
+/// Held while a node runs: an abstract Unix socket, which exists once per
+/// network namespace and vanishes with the process (even on `kill -9`).
+/// It keeps a second node in the same namespace (whatever its run
+/// directory) from taking the first one's leftovers for its own.
+#[derive(Debug)]
+pub struct NamespaceLock {
+    _socket: std::os::unix::net::UnixListener,
+}
+
+/// Claims this network namespace for our node.
+pub fn claim_namespace() -> Result<NamespaceLock, StartupError> {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let addr =
+        SocketAddr::from_abstract_name(NAMESPACE_LOCK).map_err(|source| StartupError::Control {
+            path: PathBuf::from(format!("@{NAMESPACE_LOCK}")),
+            source,
+        })?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(socket) => Ok(NamespaceLock { _socket: socket }),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(StartupError::NamespaceTaken),
+        Err(source) => Err(StartupError::Control {
+            path: PathBuf::from(format!("@{NAMESPACE_LOCK}")),
+            source,
+        }),
+    }
+}
+
 /// Creates the run directory (mode 0755) and binds the control socket.
 pub fn bind_control(run: &Path) -> Result<(PathBuf, tokio::net::UnixListener), StartupError> {
     create_dir(run, 0o755)?;
@@ -801,8 +840,8 @@ pub struct Plumbing {
     pub address: Ipv6Addr,
     /// The unreachable route for the network.
     pub unreachable: Route,
-    /// The forwarding setting before we switched it on (`None`: it was on).
-    pub forwarding_was: Option<String>,
+    /// The forwarding settings we switched on, with their former values.
+    pub forwarding_was: Vec<(&'static str, String)>,
 }
 
 /// The unreachable route covering the whole `network` in `table`.
@@ -815,12 +854,14 @@ pub fn unreachable_route(network: Net, table: u32) -> Route {
 
 impl Plumbing {
     /// Adds our address (`/128`) to `main_interface`, the unreachable route
-    /// for the network in `table`, and switches IPv6 forwarding on.
+    /// for the network in `table`, and switches IPv6 forwarding on (IPv4
+    /// forwarding too if `ipv4`, when the network carries an IPv4 payload).
     pub async fn install(
         kernel: &Kernel,
         main_interface: &str,
         addrs: &NodeAddresses,
         table: u32,
+        ipv4: bool,
     ) -> Result<Self, StartupError> {
         let link = match kernel.link_by_name(main_interface).await {
             Ok(link) => link,
@@ -834,25 +875,28 @@ impl Plumbing {
                 "main interface {main_interface} is down: our address is unusable until it is up"
             );
         }
-        kernel
-            .add_address(link.index, IpAddr::V6(addrs.address), 128)
-            .await?;
+        add_address_nodad(kernel, link.index, main_interface, addrs.address).await?;
         let unreachable = unreachable_route(addrs.network, table);
         let mut plumbing = Self {
             main_index: link.index,
             address: addrs.address,
             unreachable,
-            forwarding_was: None,
+            forwarding_was: Vec::new(),
         };
         if let Err(e) = kernel.apply(RouteOp::Replace(unreachable)).await {
             plumbing.remove(kernel).await;
             return Err(e.into());
         }
-        match enable_forwarding() {
-            Ok(was) => plumbing.forwarding_was = was,
-            Err(e) => {
-                plumbing.remove(kernel).await;
-                return Err(e);
+        let sysctls =
+            std::iter::once(FORWARDING_SYSCTL).chain(ipv4.then_some(IPV4_FORWARDING_SYSCTL));
+        for path in sysctls {
+            match switch_on(path) {
+                Ok(Some(was)) => plumbing.forwarding_was.push((path, was)),
+                Ok(None) => {}
+                Err(e) => {
+                    plumbing.remove(kernel).await;
+                    return Err(e);
+                }
             }
         }
         Ok(plumbing)
@@ -874,26 +918,48 @@ impl Plumbing {
                 tracing::warn!("{e}");
             }
         }
-        if let Some(was) = &self.forwarding_was {
-            if let Err(e) = std::fs::write(FORWARDING_SYSCTL, was) {
-                tracing::warn!("{FORWARDING_SYSCTL}: {e}");
+        for (path, was) in &self.forwarding_was {
+            if let Err(e) = std::fs::write(path, was) {
+                tracing::warn!("{path}: {e}");
             }
         }
     }
 }
 
-/// Switches IPv6 forwarding on; returns the previous value when it was off.
-fn enable_forwarding() -> Result<Option<String>, StartupError> {
-    let err = |source| StartupError::Sysctl {
-        path: FORWARDING_SYSCTL,
-        source,
-    };
-    let was = std::fs::read_to_string(FORWARDING_SYSCTL).map_err(err)?;
+/// `ip address add ADDR/128 dev IFACE nodad`: our address is unique by
+/// construction, and duplicate address detection would leave it tentative
+/// (unusable as a source or to bind to) for a while on interfaces other
+/// than `lo`.
+async fn add_address_nodad(
+    kernel: &Kernel,
+    index: u32,
+    name: &str,
+    address: Ipv6Addr,
+) -> Result<(), StartupError> {
+    let mut m = kernel::addr::address_message(index, IpAddr::V6(address), 128)?;
+    m.header.flags |= AddressHeaderFlags::Nodad;
+    m.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    kernel
+        .request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("ip address add {address}/128 dev {name} nodad"),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Writes `1` to the `/proc/sys` file `path`; returns the previous value
+/// when it was something else.
+fn switch_on(path: &'static str) -> Result<Option<String>, StartupError> {
+    let err = |source| StartupError::Sysctl { path, source };
+    let was = std::fs::read_to_string(path).map_err(err)?;
     if was.trim() == "1" {
         return Ok(None);
     }
-    std::fs::write(FORWARDING_SYSCTL, "1").map_err(err)?;
-    tracing::info!("IPv6 forwarding switched on ({FORWARDING_SYSCTL})");
+    std::fs::write(path, "1").map_err(err)?;
+    tracing::info!("forwarding switched on ({path})");
     Ok(Some(was.trim().to_owned()))
 }
 
