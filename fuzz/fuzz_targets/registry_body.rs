@@ -1,15 +1,19 @@
 //! Every parser the registry (and its client) applies to untrusted bytes:
 //! the JSON request bodies, the community file, the signed network
-//! configuration (parse + signature check), node authentication headers,
-//! locations and certificate CNs. None may panic.
+//! configuration (parse + signature check), the sealed bootstrap answer
+//! (the JSON answer itself, and the input sealed to a fixed key as its
+//! plaintext), node authentication headers, locations and certificate CNs.
+//! None may panic.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use re6st::registry::allocator::Block;
 use re6st::registry::api::{
-    parse_request, AddTokenRequest, CertRequest, RenewRequest, RevokeRequest, TokenRequest,
+    parse_request, AddTokenRequest, BootstrapResponse, CertRequest, RenewRequest, RevokeRequest,
+    TokenRequest,
 };
+use re6st::registry::client::open_bootstrap;
 use re6st::registry::auth::AuthHeaders;
 use re6st::registry::community::{parse_locations, Communities};
 use re6st::registry::SignedConfig;
@@ -24,6 +28,17 @@ fuzz_target!(|data: &[u8]| {
         let ca = re6st::pki::generate_key().verifying_key();
         let _ = signed.verify(&ca);
     }
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    if let Ok(answer) = parse_request::<BootstrapResponse>(data) {
+        let _ = open_bootstrap(&answer, &key);
+    }
+    use base64::Engine as _;
+    let sealed = re6st::pki::seal(&key.verifying_key(), data);
+    let answer = BootstrapResponse {
+        prefix: "1/16".into(),
+        sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+    };
+    let _ = open_bootstrap(&answer, &key);
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
