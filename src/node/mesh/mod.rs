@@ -47,7 +47,7 @@ use super::policy::{Action, Direction, Policy};
 use super::{Address, Proto};
 use crate::kernel::Kernel;
 use crate::pki::{Network, NodeCert, NodePrefix, Verifier};
-use crate::registry::client::{NodeAuth, RegistryClient};
+use crate::registry::client::{ClientError, NodeAuth, RegistryClient};
 use crate::registry::config::{BabelKeys, NetworkConfig, SignedConfig};
 use crate::routing::RouterHandle;
 use crate::tunnel::TunnelEvent;
@@ -74,6 +74,11 @@ const CLIENT_RETRY: Duration = Duration::from_secs(1);
 /// How often the registry is asked for the configuration even when no
 /// peer announced a newer one (a fallback for gossip).
 const CONFIG_POLL: Duration = Duration::from_secs(300);
+
+/// How often the registry's own node (on the registry host) asks the
+/// registry for the configuration: it is where a new version enters the
+/// gossip, so it must notice it quickly.
+const REGISTRY_NODE_CONFIG_POLL: Duration = Duration::from_secs(5);
 
 /// How often the host's addresses (announced to peers) are re-read.
 const ADDRESS_POLL: Duration = Duration::from_secs(60);
@@ -199,6 +204,9 @@ struct FetchedConfig {
     config: NetworkConfig,
     keys: Option<BabelKeys>,
     signed: SignedConfig,
+    /// Fetched without authentication (the registry refused ours, e.g.
+    /// because our certificate is revoked): it carries no keys.
+    anonymous: bool,
 }
 
 /// The channels the main loop reads besides the control calls.
@@ -423,8 +431,12 @@ impl Mesh {
         let mut calls_open = true;
         let mut route_poll = tokio::time::interval(ROUTE_POLL);
         route_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut config_poll =
-            tokio::time::interval_at(tokio::time::Instant::now() + CONFIG_POLL, CONFIG_POLL);
+        let poll = if config::registry_prefix(&self.config) == Some(self.prefix) {
+            REGISTRY_NODE_CONFIG_POLL
+        } else {
+            CONFIG_POLL
+        };
+        let mut config_poll = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
         let mut address_poll =
             tokio::time::interval_at(tokio::time::Instant::now() + ADDRESS_POLL, ADDRESS_POLL);
         loop {
@@ -466,6 +478,24 @@ impl Mesh {
             }
             self.drain_policy().await;
         }
+    }
+
+    /// When no tunnel is up (any more): ask the registry for a bootstrap
+    /// peer again soon (2 s doubling, not the policy's whole minute: a
+    /// refused or failed bootstrap tunnel must not leave us alone for
+    /// long), and fetch the configuration (if our own certificate was
+    /// revoked, nobody gossips the news to us any more).
+    fn isolated(&mut self) {
+        if !self.table.up_peers().is_empty() || self.policy.is_none() {
+            return;
+        }
+        self.bootstrap_failures = self.bootstrap_failures.saturating_add(1);
+        let retry = bootstrap_retry(self.bootstrap_failures);
+        tracing::info!("no tunnel up: asking the registry again in {retry:?}");
+        if let Some(p) = &mut self.policy {
+            p.handle_bootstrap_failed(retry, Instant::now());
+        }
+        self.fetch_config();
     }
 
     /// Opens a tunnel on transport `t` to `remote`; `None` if the transport
@@ -551,6 +581,10 @@ impl Mesh {
             self.told_version.insert(peer);
             let version = self.config.version;
             self.peer.send(peer, &Body::ConfigVersion(version)).await;
+            // Learn its addresses too: we hand them to nodes that
+            // bootstrap through us (the registry's node) and reconnect
+            // with them after a restart.
+            self.peer.send(peer, &Body::AddressRequest).await;
         }
         if let Some(p) = &mut self.policy {
             p.handle_routes(destinations, Instant::now());
@@ -592,18 +626,30 @@ impl Mesh {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = async {
-                let signed = registry
-                    .config(Some(&auth))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (signed, anonymous) = match registry.config(Some(&auth)).await {
+                    Ok(s) => (s, false),
+                    // Refused authentication: still learn the CRL.
+                    Err(ClientError::Api {
+                        status: 401 | 403, ..
+                    }) => (
+                        registry.config(None).await.map_err(|e| e.to_string())?,
+                        true,
+                    ),
+                    Err(e) => return Err(e.to_string()),
+                };
                 let config = signed.verify(&ca_key).map_err(|e| e.to_string())?;
-                let keys = config
-                    .open_babel_keys(&auth.key)
-                    .map_err(|e| e.to_string())?;
+                let keys = if anonymous {
+                    None
+                } else {
+                    config
+                        .open_babel_keys(&auth.key)
+                        .map_err(|e| e.to_string())?
+                };
                 Ok(Box::new(FetchedConfig {
                     config,
                     keys,
                     signed,
+                    anonymous,
                 }))
             }
             .await;
@@ -617,10 +663,22 @@ impl Mesh {
             config,
             keys,
             signed,
+            anonymous,
         } = fetched;
+        if anonymous && config.crl.contains(&self.cert.serial()) {
+            self.log("our certificate was revoked".into());
+            self.revoked = true;
+            return;
+        }
         if config.version <= self.config.version {
             return;
         }
+        // An unauthenticated answer has no keys: keep ours.
+        let keys = if anonymous {
+            self.babel_keys.clone()
+        } else {
+            keys
+        };
         let now = Instant::now();
         let changes = Changes::between(
             &self.config,
@@ -979,6 +1037,7 @@ impl Mesh {
                 if let Some(p) = &mut self.policy {
                     p.handle_tunnel_up(peer.prefix, direction, now);
                 }
+                self.bootstrap_failures = 0;
                 self.log(format!(
                     "{proto} tunnel {} {} at {addr} up on {interface}",
                     if direction == Direction::Outgoing {
@@ -1022,6 +1081,7 @@ impl Mesh {
                     if let Some(p) = &mut self.policy {
                         p.handle_connect_failed(entry.peer, now);
                     }
+                    self.isolated();
                     return;
                 }
                 self.table.remove(key);
@@ -1030,6 +1090,7 @@ impl Mesh {
                         p.handle_tunnel_down(entry.peer, entry.direction, now);
                     }
                 }
+                self.isolated();
                 if let Some(ifindex) = entry.ifindex {
                     // Forgets the neighbour and its routes at once.
                     self.handle.remove_interface(ifindex);
@@ -1081,7 +1142,6 @@ impl Mesh {
     async fn internal(&mut self, internal: Internal) {
         match internal {
             Internal::Bootstrap(Ok((peer, addresses))) => {
-                self.bootstrap_failures = 0;
                 self.log(format!(
                     "registry bootstrap peer: {peer} ({} addresses)",
                     addresses.len()
@@ -1091,12 +1151,8 @@ impl Mesh {
                 }
             }
             Internal::Bootstrap(Err(e)) => {
-                self.bootstrap_failures = self.bootstrap_failures.saturating_add(1);
-                let retry = bootstrap_retry(self.bootstrap_failures);
-                tracing::warn!("no bootstrap peer (retrying in {retry:?}): {e}");
-                if let Some(p) = &mut self.policy {
-                    p.handle_bootstrap_failed(retry, Instant::now());
-                }
+                tracing::warn!("no bootstrap peer: {e}");
+                self.isolated();
             }
             Internal::ClientRetry => self.client_connect().await,
             Internal::Config(Ok(fetched)) => {
@@ -1185,15 +1241,18 @@ impl Mesh {
     /// registry's node; `None` when we announce nothing either.
     fn bootstrap_peer(&self) -> Option<control::BootstrapPeer> {
         use rand::seq::SliceRandom;
-        let mut candidates: Vec<(NodePrefix, Vec<Address>)> = self
-            .table
-            .up_peers()
+        // Our tunnel peers first (certainly alive), else any routed node.
+        let routed: Vec<NodePrefix> = routes::destinations(&self.selected, &self.network, |_| None)
             .into_iter()
-            .filter_map(|p| {
-                let cached = self.cache.peer(p).ok().flatten()?;
-                (!cached.addresses.is_empty()).then_some((p, cached.addresses))
-            })
+            .map(|(d, _)| d)
             .collect();
+        let mut candidates: Vec<(NodePrefix, Vec<Address>)> = Vec::new();
+        for group in [self.table.up_peers(), routed] {
+            candidates = self.with_addresses(group);
+            if !candidates.is_empty() {
+                break;
+            }
+        }
         candidates.shuffle(&mut rand::thread_rng());
         let (peer, addresses) = candidates.pop().or_else(|| {
             let ours: Vec<Address> = self.announced.iter().map(|(a, _)| *a).collect();
@@ -1203,6 +1262,18 @@ impl Mesh {
             prefix: peer.to_string(),
             addresses: addresses.iter().map(ToString::to_string).collect(),
         })
+    }
+
+    /// The nodes of `peers` whose addresses the cache knows.
+    fn with_addresses(&self, peers: Vec<NodePrefix>) -> Vec<(NodePrefix, Vec<Address>)> {
+        peers
+            .into_iter()
+            .filter(|p| *p != self.prefix)
+            .filter_map(|p| {
+                let cached = self.cache.peer(p).ok().flatten()?;
+                (!cached.addresses.is_empty()).then_some((p, cached.addresses))
+            })
+            .collect()
     }
 
     async fn status(&self, with_routes: bool) -> control::Status {
