@@ -14,6 +14,7 @@
 
 mod addresses;
 mod config;
+mod ipv4;
 mod peers;
 mod routes;
 mod status;
@@ -255,6 +256,8 @@ struct Mesh {
     told_version: std::collections::BTreeSet<NodePrefix>,
     /// Names of the LAN interfaces (`-i`), by index.
     lan_names: std::collections::HashMap<u32, String>,
+    /// The IPv4 payload address we added (interface index, address).
+    ipv4: Option<(u32, std::net::Ipv4Addr)>,
     policy: Option<Policy<NodePrefix>>,
     client: Option<ClientMode>,
     selected: Vec<SelectedRoute>,
@@ -323,6 +326,10 @@ impl Mesh {
                 0,
             );
         }
+        let ipv4 = match &config.ipv4 {
+            Some(settings) => Some(start_ipv4(&kernel, &handle, &options, &cert, settings).await?),
+            None => None,
+        };
         let mut lan_names = std::collections::HashMap::new();
         for name in &options.interfaces {
             let fail = |message: String| MeshError::Interface {
@@ -396,6 +403,7 @@ impl Mesh {
             announced: Vec::new(),
             told_version: std::collections::BTreeSet::new(),
             lan_names,
+            ipv4,
             policy,
             client,
             selected: Vec::new(),
@@ -717,7 +725,7 @@ impl Mesh {
             }
         }
         if changes.ipv4 {
-            tracing::warn!("IPv4 payload settings changed: the IPv4 payload is not supported yet");
+            tracing::warn!("IPv4 payload settings changed: they apply at the next start");
         }
         let old_hello = self.hello_interval();
         self.config = config;
@@ -1370,6 +1378,11 @@ impl Mesh {
         // Dropping the handles stops the transports: tunnels close and
         // their interfaces disappear.
         self.transports.list.clear();
+        if let Some((index, addr)) = self.ipv4.take() {
+            if let Err(e) = self.kernel.remove_address(index, addr.into(), 32).await {
+                tracing::warn!("cannot remove {addr}: {e}");
+            }
+        }
         match self.kernel.flush_routes().await {
             Ok(n) => tracing::info!("removed our {n} kernel routes"),
             Err(e) => tracing::warn!("cannot remove our kernel routes: {e}"),
@@ -1378,6 +1391,33 @@ impl Mesh {
             tracing::warn!("peer cache: {e}");
         }
     }
+}
+
+/// Starts the IPv4 payload: our subnet announced, its first address on the
+/// main interface. Returns the interface index and the address (removed at
+/// shutdown).
+async fn start_ipv4(
+    kernel: &Kernel,
+    handle: &RouterHandle,
+    options: &NodeOptions,
+    cert: &NodeCert,
+    settings: &crate::registry::config::Ipv4Settings,
+) -> Result<(u32, std::net::Ipv4Addr), MeshError> {
+    let serial = cert.subject_serial().ok_or_else(|| {
+        MeshError::Setup("IPv4 payload: our certificate has no subject serial".into())
+    })?;
+    let (subnet, len) = ipv4::node_subnet(settings, serial).map_err(MeshError::Setup)?;
+    let addr = ipv4::node_address(subnet);
+    let index = kernel.link_index(&options.main_interface).await?;
+    kernel.add_address(index, addr.into(), 32).await?;
+    let prefix = babel::Prefix::new(subnet.into(), len)
+        .map_err(|e| MeshError::Setup(format!("IPv4 payload: {e}")))?;
+    handle.redistribute(prefix, None, 0);
+    tracing::info!(
+        "IPv4 payload: {subnet}/{len}, {addr} on {}",
+        options.main_interface
+    );
+    Ok((index, addr))
 }
 
 /// The pause before asking the registry again after `failures` failed
