@@ -5,11 +5,12 @@
 //! Each test builds its own bed (a registry host plus N node hosts on a
 //! bridge; see the module doc of `testbed::mesh`), sized to its scenario:
 //! 8 nodes for the convergence test, 7 for the refresh test (which needs
-//! spare peers), 4–5 for the others. Beds are private namespaces, so tests
+//! spare peers), 2–5 for the others. Beds are private namespaces, so tests
 //! could run side by side; they take a lock anyway, one bed at a time, so
 //! the measured figures are not skewed by another bed competing for the
-//! two CI cores. Runtime on 2 cores (debug build): about 8 minutes for the
-//! file, the refresh test (2 minutes by definition) the longest.
+//! two CI cores. Runtime on 2 cores (debug build, shared machine): about
+//! 8 minutes for the file, the refresh test (2 minutes by definition) the
+//! longest, the others 20–70 s each.
 //!
 //! Network parameters: hello 4 s (demo-friendly: re6stnet's default is
 //! 15 s), 2 outgoing tunnels per node; everything else is the default.
