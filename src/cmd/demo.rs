@@ -38,9 +38,10 @@ pub(crate) struct DemoArgs {
     /// Seconds between tunnel refreshes (network configuration).
     #[arg(long, default_value_t = 300)]
     tunnel_refresh: u32,
-    /// Where to write the tunnel graph (Graphviz DOT).
-    #[arg(long, default_value = "re6st-demo.dot")]
-    dot: PathBuf,
+    /// Where to write the tunnel graph (Graphviz DOT) [default:
+    /// $TMPDIR/re6st-demo.dot].
+    #[arg(long)]
+    dot: Option<PathBuf>,
     /// Give up when not every pair reaches each other within this many
     /// seconds.
     #[arg(long, default_value_t = 120)]
@@ -180,12 +181,16 @@ fn demo(bed: &mut MeshBed, a: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<
     let graph = bed.graph();
     println!("\ntunnel graph (-> opened, <- accepted):");
     println!("{graph}");
-    std::fs::write(&a.dot, graph.to_dot())
-        .with_context(|| format!("cannot write {}", a.dot.display()))?;
+    let dot = a
+        .dot
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("re6st-demo.dot"));
+    std::fs::write(&dot, graph.to_dot())
+        .with_context(|| format!("cannot write {}", dot.display()))?;
     println!(
         "DOT file: {} (render: dot -Tsvg {} > mesh.svg)",
-        a.dot.display(),
-        a.dot.display()
+        dot.display(),
+        dot.display()
     );
 
     println!("\nstatus of {}:", bed.name(1.min(bed.len() - 1)));
