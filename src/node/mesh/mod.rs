@@ -66,6 +66,13 @@ const ROUTE_POLL: Duration = Duration::from_secs(1);
 /// routes move away, yet it still carries traffic if it is the only path).
 const RETIRING_COST: u16 = 16 * 256;
 
+/// Delays of the resends of an unanswered address request.
+const ADDRESS_RESEND: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
+
+/// Longest pause between a peer's agreement to retire a tunnel and its
+/// closing (one hello interval, at most this).
+const RETIRE_LINGER_MAX: Duration = Duration::from_secs(4);
+
 /// The normal cost multiplier (1.0).
 const NORMAL_COST: u16 = 256;
 
@@ -193,6 +200,10 @@ enum Internal {
     Bootstrap(Result<(NodePrefix, Vec<Address>), String>),
     /// Time to try the next `--client` remote.
     ClientRetry,
+    /// Send an unanswered address request again.
+    ResendAddressRequest { peer: NodePrefix, attempt: usize },
+    /// A peer agreed to retire our tunnel a moment ago.
+    RetireAgreed { peer: NodePrefix, id: u32 },
     /// A configuration fetched from the registry and verified.
     Config(Result<Box<FetchedConfig>, String>),
     /// The host's addresses were read.
@@ -254,6 +265,8 @@ struct Mesh {
     /// Tunnel peers we told our configuration version since their tunnel
     /// came up.
     told_version: std::collections::BTreeSet<NodePrefix>,
+    /// Peers asked for their addresses that did not answer yet.
+    address_pending: std::collections::BTreeSet<NodePrefix>,
     /// Names of the LAN interfaces (`-i`), by index.
     lan_names: std::collections::HashMap<u32, String>,
     /// The IPv4 payload address we added (interface index, address).
@@ -404,6 +417,7 @@ impl Mesh {
             told_version: std::collections::BTreeSet::new(),
             lan_names,
             ipv4,
+            address_pending: std::collections::BTreeSet::new(),
             policy,
             client,
             selected: Vec::new(),
@@ -504,6 +518,26 @@ impl Mesh {
             p.handle_bootstrap_failed(retry, Instant::now());
         }
         self.fetch_config();
+    }
+
+    /// Asks `peer` for its addresses, again after 1 and 3 s while no reply
+    /// came: the first request may leave before the kernel has the route
+    /// Babel just selected.
+    async fn request_addresses(&mut self, peer: NodePrefix) {
+        self.address_pending.insert(peer);
+        self.peer.send(peer, &Body::AddressRequest).await;
+        self.schedule_address_resend(peer, 0);
+    }
+
+    fn schedule_address_resend(&self, peer: NodePrefix, attempt: usize) {
+        let Some(&delay) = ADDRESS_RESEND.get(attempt) else {
+            return;
+        };
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Internal::ResendAddressRequest { peer, attempt });
+        });
     }
 
     /// Opens a tunnel on transport `t` to `remote`; `None` if the transport
@@ -778,6 +812,7 @@ impl Mesh {
                     .await;
             }
             Body::AddressReply(addresses) => {
+                self.address_pending.remove(&sender);
                 let list: Vec<Address> = addresses.iter().collect();
                 if let Err(e) = self.cache.set_addresses(sender, &list, SystemTime::now()) {
                     tracing::warn!("peer cache: {e}");
@@ -815,9 +850,15 @@ impl Mesh {
                 self.peer.send(sender, &answer).await;
             }
             Body::RetireAck { id } => {
-                if let Some(p) = &mut self.policy {
-                    p.handle_retirement_reply(sender, id, true, now);
-                }
+                // The peer raised the tunnel's cost on its side as it
+                // agreed: give its routes a moment to move away too before
+                // the policy closes the tunnel.
+                let tx = self.internal_tx.clone();
+                let linger = self.hello_interval().min(RETIRE_LINGER_MAX);
+                tokio::spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    let _ = tx.send(Internal::RetireAgreed { peer: sender, id });
+                });
             }
             Body::RetireNack { id, reason } => {
                 tracing::info!("{sender} refused to retire our tunnel (reason {reason})");
@@ -901,7 +942,7 @@ impl Mesh {
                 }
             }
             Action::RequestAddresses { peer } => {
-                self.peer.send(peer, &Body::AddressRequest).await;
+                self.request_addresses(peer).await;
                 let cached = match self.cache.peer(peer) {
                     Ok(c) => c.map(|c| c.addresses).unwrap_or_default(),
                     Err(e) => {
@@ -1163,6 +1204,17 @@ impl Mesh {
                 self.isolated();
             }
             Internal::ClientRetry => self.client_connect().await,
+            Internal::ResendAddressRequest { peer, attempt } => {
+                if self.address_pending.contains(&peer) {
+                    self.peer.send(peer, &Body::AddressRequest).await;
+                    self.schedule_address_resend(peer, attempt + 1);
+                }
+            }
+            Internal::RetireAgreed { peer, id } => {
+                if let Some(p) = &mut self.policy {
+                    p.handle_retirement_reply(peer, id, true, Instant::now());
+                }
+            }
             Internal::Config(Ok(fetched)) => {
                 self.fetching = false;
                 self.apply_config(*fetched).await;
