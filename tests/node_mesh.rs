@@ -344,7 +344,7 @@ fn revoked_node_is_disconnected_and_stops() {
 }
 
 #[test]
-#[ignore = "node bug (issue 5, mesh): a retired tunnel is closed without its peer closing its side, which keeps routing into it until the 5 s dead-peer timeout, so all-pairs samples drop during refreshes"]
+#[ignore = "node bug (issue 5, mesh): the peer of a retired tunnel keeps its side until the 5 s dead-peer timeout and routes into it, and tunnels are retired 1-3 s after coming up, so all-pairs samples drop during refreshes"]
 fn refresh_every_10_s_keeps_tunnels_and_reachability() {
     if !require_root("refresh_every_10_s_keeps_tunnels_and_reachability") {
         return;
