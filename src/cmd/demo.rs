@@ -38,9 +38,10 @@ pub(crate) struct DemoArgs {
     /// Seconds between tunnel refreshes (network configuration).
     #[arg(long, default_value_t = 300)]
     tunnel_refresh: u32,
-    /// Where to write the tunnel graph (Graphviz DOT).
-    #[arg(long, default_value = "re6st-demo.dot")]
-    dot: PathBuf,
+    /// Where to write the tunnel graph (Graphviz DOT) [default:
+    /// $TMPDIR/re6st-demo.dot].
+    #[arg(long)]
+    dot: Option<PathBuf>,
     /// Give up when not every pair reaches each other within this many
     /// seconds.
     #[arg(long, default_value_t = 120)]
@@ -116,8 +117,10 @@ pub(crate) fn run(a: DemoArgs) -> anyhow::Result<()> {
             println!("\ninterrupted: tearing down");
         } else {
             eprintln!("re6st demo: {e:#}");
-            eprintln!("last lines of the registry node's log:");
-            eprintln!("{}", bed.log_tail(0, 15));
+            for i in 0..bed.len() {
+                eprintln!("---- end of {}:", bed.log_path(i).display());
+                eprintln!("{}", bed.log_tail(i, 8));
+            }
             eprintln!("(set RE6ST_KEEP_BED=1 to keep the logs)");
         }
     }
@@ -143,10 +146,11 @@ pub(crate) fn run(a: DemoArgs) -> anyhow::Result<()> {
 
 fn demo(bed: &mut MeshBed, a: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<()> {
     let since = Instant::now();
-    for i in 0..bed.len() {
-        bed.start_node(i)?;
-    }
-    println!("  {} nodes started; waiting for the mesh:", bed.len());
+    bed.start_nodes()?;
+    println!(
+        "  registry's node up, then {} nodes started; waiting for the mesh:",
+        bed.len() - 1
+    );
     bed.wait_ready(Duration::from_secs(60))?;
     let total = bed.len() * (bed.len() - 1);
     let (matrix, converged) = bed.wait_all_pairs(
@@ -177,12 +181,16 @@ fn demo(bed: &mut MeshBed, a: &DemoArgs, cancel: &AtomicBool) -> anyhow::Result<
     let graph = bed.graph();
     println!("\ntunnel graph (-> opened, <- accepted):");
     println!("{graph}");
-    std::fs::write(&a.dot, graph.to_dot())
-        .with_context(|| format!("cannot write {}", a.dot.display()))?;
+    let dot = a
+        .dot
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("re6st-demo.dot"));
+    std::fs::write(&dot, graph.to_dot())
+        .with_context(|| format!("cannot write {}", dot.display()))?;
     println!(
         "DOT file: {} (render: dot -Tsvg {} > mesh.svg)",
-        a.dot.display(),
-        a.dot.display()
+        dot.display(),
+        dot.display()
     );
 
     println!("\nstatus of {}:", bed.name(1.min(bed.len() - 1)));
@@ -262,8 +270,10 @@ fn print_status(bed: &MeshBed, i: usize) {
 
 /// The figures of benches/README.md's "Node" section.
 fn measure(bed: &mut MeshBed, converged: Duration) -> anyhow::Result<()> {
+    const SETTLE: Duration = Duration::from_secs(15);
     const REST: Duration = Duration::from_secs(30);
-    println!("\n== measuring: control traffic at rest over {REST:?}");
+    println!("\n== measuring: control traffic at rest over {REST:?}, after {SETTLE:?} to settle");
+    bed.sleep(SETTLE)?;
     let before: Vec<_> = (0..bed.len())
         .map(|i| bed.status(i))
         .collect::<Result<_, _>>()?;
@@ -323,8 +333,13 @@ fn measure(bed: &mut MeshBed, converged: Duration) -> anyhow::Result<()> {
     let (tun_mean, tun_max) = stats(&tunnel);
     let (rss_mean, rss_max) = stats(&rss);
     println!(
-        "\nfigures ({} nodes, debug or release as built):",
-        bed.len()
+        "\nfigures ({} nodes, {} build):",
+        bed.len(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     println!(
         "  time to all-pairs reachability: {:.1} s",

@@ -205,10 +205,21 @@ impl MeshBed {
     /// [`wait_all_pairs`](Self::wait_all_pairs)).
     pub fn start(opts: MeshOptions) -> Result<Self, BedError> {
         let mut bed = Self::build(opts)?;
-        for i in 0..bed.hosts.len() {
-            bed.start_node(i)?;
-        }
+        bed.start_nodes()?;
         Ok(bed)
+    }
+
+    /// Starts every node that is not running: the registry's node first,
+    /// waiting (up to 60 s) until it answers on its control socket, as on
+    /// a real registry host where it runs before anyone enrolls; then all
+    /// the others at once.
+    pub fn start_nodes(&mut self) -> Result<(), BedError> {
+        self.start_node(0)?;
+        self.wait_node_ready(0, Instant::now() + Duration::from_secs(60))?;
+        for i in 1..self.hosts.len() {
+            self.start_node(i)?;
+        }
+        Ok(())
     }
 
     /// Like [`start`](Self::start), but starts no node: the registry runs
@@ -225,8 +236,11 @@ impl MeshBed {
             Some(d) => d.clone(),
             None => {
                 static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                std::env::temp_dir().join(format!(
-                    "re6st-mesh-{}-{}",
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                std::env::temp_dir().join("re6st-beds").join(format!(
+                    "{}-{}-{nanos:08x}",
                     std::process::id(),
                     N.fetch_add(1, Ordering::Relaxed)
                 ))
@@ -758,29 +772,34 @@ impl MeshBed {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), BedError> {
         let deadline = Instant::now() + timeout;
         for i in 0..self.len() {
-            loop {
-                if self.hosts[i].node.is_none() || self.status(i).is_ok() {
-                    break;
-                }
-                if !self.is_running(i) {
-                    return Err(BedError::Failed(format!(
-                        "{} exited; its log {}:\n{}",
-                        self.name(i),
-                        self.log_path(i).display(),
-                        tail(&self.log_path(i), 20)
-                    )));
-                }
-                if Instant::now() > deadline {
-                    return Err(BedError::Timeout {
-                        what: format!("{} answering on its control socket", self.name(i)),
-                        after: timeout,
-                    });
-                }
-                self.check_cancel()?;
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            self.wait_node_ready(i, deadline)?;
         }
         Ok(())
+    }
+
+    fn wait_node_ready(&mut self, i: usize, deadline: Instant) -> Result<(), BedError> {
+        let start = Instant::now();
+        loop {
+            if self.hosts[i].node.is_none() || self.status(i).is_ok() {
+                return Ok(());
+            }
+            if !self.is_running(i) {
+                return Err(BedError::Failed(format!(
+                    "{} exited; the end of its log {}:\n{}",
+                    self.name(i),
+                    self.log_path(i).display(),
+                    tail(&self.log_path(i), 20)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(BedError::Timeout {
+                    what: format!("{} answering on its control socket", self.name(i)),
+                    after: start.elapsed(),
+                });
+            }
+            self.check_cancel()?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Whether one ping6 (1 s timeout) from node `from`'s re6st address

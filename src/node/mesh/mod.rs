@@ -14,6 +14,7 @@
 
 mod addresses;
 mod config;
+mod ipv4;
 mod peers;
 mod routes;
 mod status;
@@ -64,6 +65,13 @@ const ROUTE_POLL: Duration = Duration::from_secs(1);
 /// Babel cost multiplier of a tunnel being retired (16 × the normal cost:
 /// routes move away, yet it still carries traffic if it is the only path).
 const RETIRING_COST: u16 = 16 * 256;
+
+/// Delays of the resends of an unanswered address request.
+const ADDRESS_RESEND: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
+
+/// Longest pause between a peer's agreement to retire a tunnel and its
+/// closing (one hello interval, at most this).
+const RETIRE_LINGER_MAX: Duration = Duration::from_secs(4);
 
 /// The normal cost multiplier (1.0).
 const NORMAL_COST: u16 = 256;
@@ -192,6 +200,10 @@ enum Internal {
     Bootstrap(Result<(NodePrefix, Vec<Address>), String>),
     /// Time to try the next `--client` remote.
     ClientRetry,
+    /// Send an unanswered address request again.
+    ResendAddressRequest { peer: NodePrefix, attempt: usize },
+    /// A peer agreed to retire our tunnel a moment ago.
+    RetireAgreed { peer: NodePrefix, id: u32 },
     /// A configuration fetched from the registry and verified.
     Config(Result<Box<FetchedConfig>, String>),
     /// The host's addresses were read.
@@ -253,8 +265,12 @@ struct Mesh {
     /// Tunnel peers we told our configuration version since their tunnel
     /// came up.
     told_version: std::collections::BTreeSet<NodePrefix>,
+    /// Peers asked for their addresses that did not answer yet.
+    address_pending: std::collections::BTreeSet<NodePrefix>,
     /// Names of the LAN interfaces (`-i`), by index.
     lan_names: std::collections::HashMap<u32, String>,
+    /// The IPv4 payload address we added (interface index, address).
+    ipv4: Option<(u32, std::net::Ipv4Addr)>,
     policy: Option<Policy<NodePrefix>>,
     client: Option<ClientMode>,
     selected: Vec<SelectedRoute>,
@@ -323,6 +339,10 @@ impl Mesh {
                 0,
             );
         }
+        let ipv4 = match &config.ipv4 {
+            Some(settings) => Some(start_ipv4(&kernel, &handle, &options, &cert, settings).await?),
+            None => None,
+        };
         let mut lan_names = std::collections::HashMap::new();
         for name in &options.interfaces {
             let fail = |message: String| MeshError::Interface {
@@ -396,6 +416,8 @@ impl Mesh {
             announced: Vec::new(),
             told_version: std::collections::BTreeSet::new(),
             lan_names,
+            ipv4,
+            address_pending: std::collections::BTreeSet::new(),
             policy,
             client,
             selected: Vec::new(),
@@ -496,6 +518,26 @@ impl Mesh {
             p.handle_bootstrap_failed(retry, Instant::now());
         }
         self.fetch_config();
+    }
+
+    /// Asks `peer` for its addresses, again after 1 and 3 s while no reply
+    /// came: the first request may leave before the kernel has the route
+    /// Babel just selected.
+    async fn request_addresses(&mut self, peer: NodePrefix) {
+        self.address_pending.insert(peer);
+        self.peer.send(peer, &Body::AddressRequest).await;
+        self.schedule_address_resend(peer, 0);
+    }
+
+    fn schedule_address_resend(&self, peer: NodePrefix, attempt: usize) {
+        let Some(&delay) = ADDRESS_RESEND.get(attempt) else {
+            return;
+        };
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Internal::ResendAddressRequest { peer, attempt });
+        });
     }
 
     /// Opens a tunnel on transport `t` to `remote`; `None` if the transport
@@ -717,7 +759,7 @@ impl Mesh {
             }
         }
         if changes.ipv4 {
-            tracing::warn!("IPv4 payload settings changed: the IPv4 payload is not supported yet");
+            tracing::warn!("IPv4 payload settings changed: they apply at the next start");
         }
         let old_hello = self.hello_interval();
         self.config = config;
@@ -770,6 +812,7 @@ impl Mesh {
                     .await;
             }
             Body::AddressReply(addresses) => {
+                self.address_pending.remove(&sender);
                 let list: Vec<Address> = addresses.iter().collect();
                 if let Err(e) = self.cache.set_addresses(sender, &list, SystemTime::now()) {
                     tracing::warn!("peer cache: {e}");
@@ -807,9 +850,15 @@ impl Mesh {
                 self.peer.send(sender, &answer).await;
             }
             Body::RetireAck { id } => {
-                if let Some(p) = &mut self.policy {
-                    p.handle_retirement_reply(sender, id, true, now);
-                }
+                // The peer raised the tunnel's cost on its side as it
+                // agreed: give its routes a moment to move away too before
+                // the policy closes the tunnel.
+                let tx = self.internal_tx.clone();
+                let linger = self.hello_interval().min(RETIRE_LINGER_MAX);
+                tokio::spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    let _ = tx.send(Internal::RetireAgreed { peer: sender, id });
+                });
             }
             Body::RetireNack { id, reason } => {
                 tracing::info!("{sender} refused to retire our tunnel (reason {reason})");
@@ -901,7 +950,7 @@ impl Mesh {
                 }
             }
             Action::RequestAddresses { peer } => {
-                self.peer.send(peer, &Body::AddressRequest).await;
+                self.request_addresses(peer).await;
                 let cached = match self.cache.peer(peer) {
                     Ok(c) => c.map(|c| c.addresses).unwrap_or_default(),
                     Err(e) => {
@@ -1163,6 +1212,17 @@ impl Mesh {
                 self.isolated();
             }
             Internal::ClientRetry => self.client_connect().await,
+            Internal::ResendAddressRequest { peer, attempt } => {
+                if self.address_pending.contains(&peer) {
+                    self.peer.send(peer, &Body::AddressRequest).await;
+                    self.schedule_address_resend(peer, attempt + 1);
+                }
+            }
+            Internal::RetireAgreed { peer, id } => {
+                if let Some(p) = &mut self.policy {
+                    p.handle_retirement_reply(peer, id, true, Instant::now());
+                }
+            }
             Internal::Config(Ok(fetched)) => {
                 self.fetching = false;
                 self.apply_config(*fetched).await;
@@ -1378,6 +1438,11 @@ impl Mesh {
         // Dropping the handles stops the transports: tunnels close and
         // their interfaces disappear.
         self.transports.list.clear();
+        if let Some((index, addr)) = self.ipv4.take() {
+            if let Err(e) = self.kernel.remove_address(index, addr.into(), 32).await {
+                tracing::warn!("cannot remove {addr}: {e}");
+            }
+        }
         match self.kernel.flush_routes().await {
             Ok(n) => tracing::info!("removed our {n} kernel routes"),
             Err(e) => tracing::warn!("cannot remove our kernel routes: {e}"),
@@ -1386,6 +1451,33 @@ impl Mesh {
             tracing::warn!("peer cache: {e}");
         }
     }
+}
+
+/// Starts the IPv4 payload: our subnet announced, its first address on the
+/// main interface. Returns the interface index and the address (removed at
+/// shutdown).
+async fn start_ipv4(
+    kernel: &Kernel,
+    handle: &RouterHandle,
+    options: &NodeOptions,
+    cert: &NodeCert,
+    settings: &crate::registry::config::Ipv4Settings,
+) -> Result<(u32, std::net::Ipv4Addr), MeshError> {
+    let serial = cert.subject_serial().ok_or_else(|| {
+        MeshError::Setup("IPv4 payload: our certificate has no subject serial".into())
+    })?;
+    let (subnet, len) = ipv4::node_subnet(settings, serial).map_err(MeshError::Setup)?;
+    let addr = ipv4::node_address(subnet);
+    let index = kernel.link_index(&options.main_interface).await?;
+    kernel.add_address(index, addr.into(), 32).await?;
+    let prefix = babel::Prefix::new(subnet.into(), len)
+        .map_err(|e| MeshError::Setup(format!("IPv4 payload: {e}")))?;
+    handle.redistribute(prefix, None, 0);
+    tracing::info!(
+        "IPv4 payload: {subnet}/{len}, {addr} on {}",
+        options.main_interface
+    );
+    Ok((index, addr))
 }
 
 /// The pause before asking the registry again after `failures` failed
