@@ -141,11 +141,11 @@ pub(crate) fn build(s: &Snapshot<'_>) -> Status {
                 + p.bad_certificate
                 + p.bad_signature,
         },
-        // The router counts packets, not bytes.
         babel: BabelCounters {
             tx_packets: s.babel.sent,
             rx_packets: s.babel.packets,
-            ..BabelCounters::default()
+            tx_bytes: s.babel.bytes_sent,
+            rx_bytes: s.babel.bytes_received,
         },
         events: s
             .events
@@ -253,6 +253,8 @@ mod tests {
             babel: babel::router::Stats {
                 packets: 10,
                 sent: 12,
+                bytes_received: 1000,
+                bytes_sent: 1200,
                 ..Default::default()
             },
             names: &names,
@@ -285,6 +287,7 @@ mod tests {
         assert_eq!(st.routes.as_ref().unwrap()[0].interface, "re6st-0");
         assert_eq!(st.peer_protocol.dropped, 2);
         assert_eq!((st.babel.tx_packets, st.babel.rx_packets), (12, 10));
+        assert_eq!((st.babel.tx_bytes, st.babel.rx_bytes), (1200, 1000));
         assert_eq!(st.events[0].time, 5);
     }
 }

@@ -296,7 +296,7 @@ pub struct XrouteInfo {
     pub metric: u16,
 }
 
-/// Counters of dropped input, for diagnostics.
+/// Traffic and dropped-input counters, for diagnostics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Packets received.
@@ -308,6 +308,10 @@ pub struct Stats {
     pub unauthenticated: u64,
     /// Packets sent.
     pub sent: u64,
+    /// Bytes received (Babel payload, every packet counted in `packets`).
+    pub bytes_received: u64,
+    /// Bytes sent (Babel payload of the packets counted in `sent`).
+    pub bytes_sent: u64,
 }
 
 /// The Babel router. See the module documentation for the calling
@@ -680,6 +684,7 @@ impl Router {
         now: Instant,
     ) {
         self.stats.packets += 1;
+        self.stats.bytes_received += bytes.len() as u64;
         let t = self.clock.time(now);
         let Some(iface) = self.interfaces.get(&ifindex) else {
             self.stats.malformed += 1;
@@ -827,6 +832,7 @@ impl Router {
                 continue;
             };
             self.stats.sent += 1;
+            self.stats.bytes_sent += len as u64;
             return Some(Transmit {
                 ifindex,
                 destination: match dest {
