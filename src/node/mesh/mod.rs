@@ -1191,7 +1191,19 @@ impl Mesh {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = async {
-                let index = kernel.link_index(&interface).await?;
+                // The netlink socket may be busy with another dump
+                // (EBUSY) when several tunnels come up at once.
+                let mut tries = 0;
+                let index = loop {
+                    match kernel.link_index(&interface).await {
+                        Ok(i) => break i,
+                        Err(_) if tries < 20 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 let ll = routes::wait_link_local(&kernel, index).await?;
                 Ok::<_, crate::kernel::Error>((index, ll))
             }
