@@ -66,12 +66,20 @@ const ROUTE_POLL: Duration = Duration::from_secs(1);
 /// routes move away, yet it still carries traffic if it is the only path).
 const RETIRING_COST: u16 = 16 * 256;
 
-/// Delays of the resends of an unanswered address request.
-const ADDRESS_RESEND: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
+/// Delays of the resends of an unanswered address request (1, 3 and 6 s
+/// after the first, within the policy's reply timeout).
+const ADDRESS_RESEND: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(3),
+];
 
 /// Longest pause between a peer's agreement to retire a tunnel and its
 /// closing (one hello interval, at most this).
 const RETIRE_LINGER_MAX: Duration = Duration::from_secs(4);
+
+/// How long after the retiring side the agreeing side closes its end.
+const RETIRE_CLOSE_SLACK: Duration = Duration::from_millis(500);
 
 /// The normal cost multiplier (1.0).
 const NORMAL_COST: u16 = 256;
@@ -202,6 +210,8 @@ enum Internal {
     ClientRetry,
     /// Send an unanswered address request again.
     ResendAddressRequest { peer: NodePrefix, attempt: usize },
+    /// We agreed to retire a peer's tunnel a moment ago: close our side.
+    CloseRetired { peer: NodePrefix },
     /// A peer agreed to retire our tunnel a moment ago.
     RetireAgreed { peer: NodePrefix, id: u32 },
     /// A configuration fetched from the registry and verified.
@@ -520,8 +530,8 @@ impl Mesh {
         self.fetch_config();
     }
 
-    /// Asks `peer` for its addresses, again after 1 and 3 s while no reply
-    /// came: the first request may leave before the kernel has the route
+    /// Asks `peer` for its addresses, again after 1, 3 and 6 s while no
+    /// reply came: the first request may leave before the kernel has the route
     /// Babel just selected.
     async fn request_addresses(&mut self, peer: NodePrefix) {
         self.address_pending.insert(peer);
@@ -836,6 +846,18 @@ impl Mesh {
                     .policy
                     .as_mut()
                     .is_some_and(|p| p.handle_retirement_request(sender, now));
+                if agreed {
+                    // The retiring side closes one hello after our ack;
+                    // we close our side just after it, so that neither
+                    // side keeps routing into a half-closed tunnel until
+                    // the dead-peer timeout.
+                    let tx = self.internal_tx.clone();
+                    let linger = self.hello_interval().min(RETIRE_LINGER_MAX) + RETIRE_CLOSE_SLACK;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(linger).await;
+                        let _ = tx.send(Internal::CloseRetired { peer: sender });
+                    });
+                }
                 let answer = match agreed {
                     true => Body::RetireAck { id },
                     false => Body::RetireNack {
@@ -1177,7 +1199,19 @@ impl Mesh {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = async {
-                let index = kernel.link_index(&interface).await?;
+                // The netlink socket may be busy with another dump
+                // (EBUSY) when several tunnels come up at once.
+                let mut tries = 0;
+                let index = loop {
+                    match kernel.link_index(&interface).await {
+                        Ok(i) => break i,
+                        Err(_) if tries < 20 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 let ll = routes::wait_link_local(&kernel, index).await?;
                 Ok::<_, crate::kernel::Error>((index, ll))
             }
@@ -1216,6 +1250,15 @@ impl Mesh {
                 if self.address_pending.contains(&peer) {
                     self.peer.send(peer, &Body::AddressRequest).await;
                     self.schedule_address_resend(peer, attempt + 1);
+                }
+            }
+            Internal::CloseRetired { peer } => {
+                if let Some(key) = self.table.find(peer, Direction::Incoming) {
+                    self.log(format!("closing the tunnel from {peer}, retired by it"));
+                    self.close(key);
+                    if let Some(p) = &mut self.policy {
+                        p.handle_tunnel_down(peer, Direction::Incoming, Instant::now());
+                    }
                 }
             }
             Internal::RetireAgreed { peer, id } => {

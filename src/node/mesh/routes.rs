@@ -187,7 +187,10 @@ pub(crate) async fn wait_link_local(
     loop {
         match kernel.link_local(index).await {
             Ok(a) => return Ok(a),
-            Err(crate::kernel::Error::NoLinkLocal(_)) if Instant::now() < deadline => {
+            // Not there yet, or the netlink socket busy with another dump
+            // (several tunnels come up at once): try again.
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(index, "link-local address: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),
