@@ -344,7 +344,6 @@ fn revoked_node_is_disconnected_and_stops() {
 }
 
 #[test]
-#[ignore = "node bug (issue 5, mesh): the peer of a retired tunnel keeps its side until the 5 s dead-peer timeout and routes into it, and tunnels are retired 1-3 s after coming up, so all-pairs samples drop during refreshes"]
 fn refresh_every_10_s_keeps_tunnels_and_reachability() {
     if !require_root("refresh_every_10_s_keeps_tunnels_and_reachability") {
         return;
@@ -383,11 +382,13 @@ fn refresh_every_10_s_keeps_tunnels_and_reachability() {
                         .count()
                 })
             };
+            // Between closing a retired tunnel and opening its replacement
+            // (which a full peer may refuse, costing a dead-peer timeout),
+            // the count dips: it must be back within a few seconds.
             let mut n = count(&bed);
-            if n < CLIENT_COUNT {
-                // Between closing a retired tunnel and opening its
-                // replacement: look again a moment later.
-                std::thread::sleep(Duration::from_secs(2));
+            let grace = Instant::now() + Duration::from_secs(8);
+            while n < CLIENT_COUNT && Instant::now() < grace {
+                std::thread::sleep(Duration::from_secs(1));
                 n = count(&bed);
             }
             assert!(

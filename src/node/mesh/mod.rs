@@ -285,6 +285,8 @@ struct Mesh {
     client: Option<ClientMode>,
     selected: Vec<SelectedRoute>,
     kernel: Arc<Kernel>,
+    /// Next `--remote-gateway` to route a tunnel endpoint through.
+    next_gateway: std::sync::atomic::AtomicUsize,
     transports: Transports,
     table: TunnelTable,
     router: Option<RouterParts>,
@@ -432,6 +434,7 @@ impl Mesh {
             client,
             selected: Vec::new(),
             kernel,
+            next_gateway: std::sync::atomic::AtomicUsize::new(0),
             transports,
             table: TunnelTable::default(),
             router: Some(router),
@@ -559,12 +562,43 @@ impl Mesh {
         expected: Option<NodePrefix>,
     ) -> Option<TunnelKey> {
         let transport = self.transports.list.get(t)?;
+        self.route_via_gateway(remote.ip()).await;
         match transport.tunnels.connect(remote, expected).await {
             Ok(id) => Some(TunnelKey { transport: t, id }),
             Err(e) => {
                 tracing::warn!("{} transport: {e}", transport.proto);
                 None
             }
+        }
+    }
+
+    /// `--remote-gateway`: routes an IPv4 tunnel endpoint through the next
+    /// gateway, round-robin, with a host route of our protocol (removed
+    /// with our other routes at shutdown).
+    async fn route_via_gateway(&self, remote: std::net::IpAddr) {
+        let gateways = &self.options.remote_gateways;
+        let std::net::IpAddr::V4(v4) = remote else {
+            return;
+        };
+        if gateways.is_empty() {
+            return;
+        }
+        let n = self
+            .next_gateway
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let gateway = gateways[n % gateways.len()];
+        let Ok(dst) = crate::kernel::Net::new(v4.into(), 32) else {
+            return;
+        };
+        let mut route = crate::kernel::Route::new(dst);
+        route.gateway = Some(gateway.into());
+        match self
+            .kernel
+            .apply(crate::kernel::RouteOp::Replace(route))
+            .await
+        {
+            Ok(()) => tracing::debug!("tunnel endpoint {v4} routed via {gateway}"),
+            Err(e) => tracing::warn!("cannot route {v4} via {gateway}: {e}"),
         }
     }
 
