@@ -33,6 +33,16 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A network CA for the registry (`re6st registry init`) in `dir`.
+fn init_ca(dir: &Path) {
+    let out = re6st(&["registry", "init", "--network", NETWORK, "--dir", path(dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The throw-away PKI of `re6st tunnel pki`: `ca.crt`, `node<i>.crt/key`.
 fn pki(dir: &Path, nodes: &str) {
     let out = re6st(&["tunnel", "pki", "--dir", path(dir), "--nodes", nodes]);
@@ -175,19 +185,7 @@ impl Site {
         let ns = Netns::new(name).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let out = re6st(&[
-            "registry",
-            "init",
-            "--network",
-            NETWORK,
-            "--dir",
-            path(&d.join("ca")),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        init_ca(&d.join("ca"));
         let registry = ns
             .spawn(
                 RE6ST,
@@ -668,19 +666,7 @@ impl LocalRegistry {
     fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let out = re6st(&[
-            "registry",
-            "init",
-            "--network",
-            NETWORK,
-            "--dir",
-            path(&d.join("ca")),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        init_ca(&d.join("ca"));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
