@@ -265,26 +265,24 @@ impl Site {
         }
     }
 
+    /// `node --config ... --state DIR/<state> --run DIR/<run>`: the
+    /// arguments of `re6st node` with the enrolled configuration.
+    fn node_args(&self, state: &str, run: &str) -> Vec<String> {
+        let config = self.path("node/re6st.toml");
+        let (state, run) = (self.path(state), self.path(run));
+        ["node", "--config", path(&config), "--state", path(&state)]
+            .into_iter()
+            .chain(["--run", path(&run)])
+            .map(String::from)
+            .collect()
+    }
+
     /// `re6st node` with the enrolled configuration and `extra` options.
     fn start_node(&self, extra: &[&str]) -> NsChild {
-        let (config, state, run) = (
-            self.path("node/re6st.toml"),
-            self.path("state"),
-            self.path("run"),
-        );
-        let mut all = vec![
-            "node",
-            "--config",
-            path(&config),
-            "--state",
-            path(&state),
-            "--run",
-            path(&run),
-            "--pp",
-            "1194",
-            "udp",
-        ];
-        all.extend_from_slice(extra);
+        let mut all = self.node_args("state", "run");
+        all.extend(["--pp", "1194", "udp"].map(String::from));
+        all.extend(extra.iter().map(|e| e.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
         self.ns.spawn(RE6ST, &all, &self.path("node.log")).unwrap()
     }
 
@@ -418,13 +416,7 @@ fn a_node_sets_up_answers_runs_hooks_and_cleans_up() {
     let second = site
         .ns
         .command(RE6ST)
-        .args(["node", "--config", path(&site.path("node/re6st.toml"))])
-        .args([
-            "--state",
-            path(&site.path("state2")),
-            "--run",
-            path(&site.path("run2")),
-        ])
+        .args(site.node_args("state2", "run2"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&second.stderr);
@@ -529,13 +521,7 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
     let out = site
         .ns
         .command(RE6ST)
-        .args(["node", "--config", path(&site.path("node/re6st.toml"))])
-        .args([
-            "--state",
-            path(&site.path("state")),
-            "--run",
-            path(&site.path("run")),
-        ])
+        .args(site.node_args("state", "run"))
         .args(["-I", "nosuch0"])
         .output()
         .unwrap();
@@ -565,13 +551,7 @@ fn a_restart_after_kill_9_removes_the_leftovers() {
                 "-net_admin",
                 RE6ST,
             ])
-            .args(["node", "--config", path(&site.path("node/re6st.toml"))])
-            .args([
-                "--state",
-                path(&site.path("state")),
-                "--run",
-                path(&site.path("run")),
-            ])
+            .args(site.node_args("state", "run"))
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
