@@ -55,6 +55,9 @@ pub(crate) struct NodeCmd {
 const EXIT_USAGE: u8 = 2;
 /// Exit status for failures at run time.
 const EXIT_FAILURE: u8 = 1;
+/// Exit status when our own certificate is revoked: restarting cannot help
+/// until an operator enrolls the node again (`RestartPreventExitStatus`).
+const EXIT_REVOKED: u8 = 3;
 
 /// Room for control requests waiting for the mesh loop.
 const CONTROL_QUEUE: usize = 64;
@@ -107,7 +110,7 @@ pub(crate) fn main(cmd: NodeCmd, verbose: u8) -> ExitCode {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
-        Ok(MeshExit::Revoked) => fail(EXIT_FAILURE, "our certificate was revoked", to_file),
+        Ok(MeshExit::Revoked) => fail(EXIT_REVOKED, "our certificate was revoked", to_file),
         Err(Failure::Usage(e)) => fail(EXIT_USAGE, &e.to_string(), to_file),
         Err(Failure::Runtime(e)) => fail(EXIT_FAILURE, &e.to_string(), to_file),
     }
