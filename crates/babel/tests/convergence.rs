@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use babel::router::{MacConfig, MacKey};
 use babel::sim::{NodeId, Sim, TraceError};
-use babel::{InterfaceKind, MacAlgorithm, Prefix, RouterConfig};
+use babel::{InterfaceConfig, InterfaceKind, MacAlgorithm, Prefix, RouterConfig};
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
@@ -490,5 +490,36 @@ fn lossy_wireless_segment_converges() {
                 assert!(r.metric >= 256, "{r:?}");
             }
         }
+    }
+}
+
+/// A new tunnel becomes usable within about a second at the default 4 s
+/// hello interval, even when one side's first hello is lost because the far
+/// end's interface was not up yet: a new neighbour and a link that just
+/// became bidirectional each trigger an early hello with IHUs, so the link
+/// does not wait for scheduled hellos.
+#[test]
+fn new_tunnel_is_usable_before_the_second_scheduled_hello() {
+    for seed in 1..=20 {
+        let mut sim = nodes(seed, 2);
+        let link = sim.connect(0, 1, InterfaceKind::Tunnel, 5 * MS);
+        let (_, ifindex, ll) = sim.link(link).members[1];
+        // Node 1's end comes up 600 ms after node 0's, which has sent its
+        // first hello (jittered within an eighth of the interval) by then.
+        sim.command(1, |r, now| r.remove_interface(ifindex, now));
+        sim.run_for(600 * MS);
+        sim.command(1, |r, now| {
+            r.add_interface(
+                ifindex,
+                InterfaceConfig::new(InterfaceKind::Tunnel, ll),
+                now,
+            )
+        });
+        let t = sim.run_until(10 * MS, Duration::from_secs(20), all_pairs_reach);
+        let t = t.expect("two routers on a tunnel never converged");
+        assert!(
+            t < Duration::from_millis(2_000),
+            "seed {seed}: routes over a new tunnel after {t:?} (hello interval 4 s)"
+        );
     }
 }

@@ -1015,11 +1015,19 @@ impl Router {
         if h.unicast && multicast {
             return;
         }
+        let Some((kind, nominal)) = self
+            .interfaces
+            .get(&ifindex)
+            .map(|i| (i.config.kind, i.config.rxcost))
+        else {
+            return;
+        };
         let id = self.find_or_create_neighbour(ifindex, source);
         let Some(n) = self.neighbour_mut(id) else {
             return;
         };
         let is_new = n.hello.reach == 0 && n.uhello.reach == 0;
+        let was_heard = n.rxcost(kind, nominal) < INFINITY;
         if h.unicast {
             n.uhello.receive(h.seqno, h.interval, t);
         } else {
@@ -1028,9 +1036,12 @@ impl Router {
         if let Some(ts) = h.timestamp {
             n.rtt.last_hello = Some((ts, now_us));
         }
-        if is_new {
-            // Let the neighbour hear us soon, so that the link becomes
-            // bidirectional in one exchange rather than one hello interval.
+        let heard = n.rxcost(kind, nominal) < INFINITY;
+        if is_new || heard != was_heard {
+            // Let the neighbour hear us soon: a new neighbour gets a hello
+            // it can count, and one we just started hearing well gets an
+            // IHU with a finite cost, so that a new link becomes usable in a
+            // few exchanges rather than after two hello intervals.
             if let Some(iface) = self.interfaces.get_mut(&ifindex) {
                 let soon = t + self.rng.below(iface.config.hello_ms() / 8 + 1);
                 iface.hello_deadline = iface.hello_deadline.min(soon);
