@@ -88,6 +88,10 @@ pub enum DownReason {
     /// Closed by our side.
     #[error("closed")]
     Closed,
+    /// The peer told us it closed the tunnel (for instance because it
+    /// refused it: it has enough tunnels).
+    #[error("closed by the peer")]
+    ClosedByPeer,
 }
 
 /// Something the owner must know about.
@@ -220,6 +224,9 @@ pub enum Received<'a> {
 
 const CTRL_PING: u8 = 1;
 const CTRL_PONG: u8 = 2;
+/// The sender closed the tunnel: the receiver drops it at once instead of
+/// waiting for its liveness timeout.
+const CTRL_CLOSE: u8 = 3;
 const CTRL_LEN: usize = 10;
 
 #[derive(Clone, Copy, Debug)]
@@ -365,8 +372,11 @@ impl Endpoint {
         id
     }
 
-    /// Closes a tunnel (the peer notices through its liveness timeout).
+    /// Closes a tunnel. The peer is told by an authenticated close notice
+    /// on the current session; should that be lost, it notices through its
+    /// liveness timeout.
     pub fn close(&mut self, id: TunnelId) {
+        self.send_control(id, CTRL_CLOSE, 0);
         self.remove(id, DownReason::Closed);
     }
 
@@ -723,6 +733,7 @@ impl Endpoint {
                 let seq = u64::from_be_bytes(s);
                 match plain[1] {
                     CTRL_PING => self.send_control(id, CTRL_PONG, seq),
+                    CTRL_CLOSE => self.remove(id, DownReason::ClosedByPeer),
                     CTRL_PONG => {
                         if let Some((sent_seq, at)) = t.ping_sent {
                             if sent_seq == seq {
@@ -1159,6 +1170,30 @@ mod tests {
             s.b.handle_datagram(s.a_addr, &mut m, s.now, s.wall),
             Received::Packet { id, .. } if id == bid
         ));
+    }
+
+    #[test]
+    fn closing_tells_the_peer_at_once() {
+        let net = TestNet::new();
+        let mut s = Sim::new(&net, Timing::default());
+        let id = s.a.connect(s.b_addr, None, s.now);
+        s.pump();
+        s.advance(Duration::from_millis(10));
+        assert_eq!((ups(&s.a_events), ups(&s.b_events)), (1, 1));
+        // b refuses the tunnel (say it has enough): a learns it with the
+        // next message, not after its liveness timeout.
+        let bid = s.b.tunnels().next().unwrap();
+        s.b.close(bid);
+        s.pump();
+        assert_eq!(downs(&s.b_events), vec![DownReason::Closed]);
+        assert_eq!(downs(&s.a_events), vec![DownReason::ClosedByPeer]);
+        assert!(s.a.stats(id).is_none(), "forgotten");
+        // A new tunnel between the same ends comes up normally.
+        let id2 = s.a.connect(s.b_addr, None, s.now);
+        s.pump();
+        s.advance(Duration::from_millis(10));
+        assert!(s.a.stats(id2).is_some());
+        assert_eq!(downs(&s.a_events).len(), 1);
     }
 
     #[test]
