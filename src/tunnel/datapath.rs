@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -206,13 +206,15 @@ impl RxBatch {
     }
 }
 
+/// Number of the next tunnel interface, for every transport of the process.
+static NEXT_INTERFACE: AtomicU32 = AtomicU32::new(0);
+
 /// The TUN side of every tunnel of one transport: creates an interface when
 /// a tunnel comes up, runs its encrypting task, batches decrypted packets
 /// into it, and removes it when the tunnel goes down.
 pub struct TunnelManager<T: Transmit> {
     transmit: Arc<T>,
     settings: TunSettings,
-    next_if: u32,
     interfaces: HashMap<TunnelId, Interface>,
     dirty: Vec<TunnelId>,
 }
@@ -223,7 +225,6 @@ impl<T: Transmit> TunnelManager<T> {
         Self {
             transmit,
             settings,
-            next_if: 0,
             interfaces: HashMap::new(),
             dirty: Vec::new(),
         }
@@ -244,12 +245,16 @@ impl<T: Transmit> TunnelManager<T> {
         self.interfaces.get(&id).map(|i| i.name.as_str())
     }
 
+    /// A name no interface has: numbers come from one counter shared by
+    /// every transport of the process (a node runs udp, tcp and quic side
+    /// by side, and their interfaces share the namespace), skipping names
+    /// taken by interfaces this process did not create.
     fn free_name(&mut self) -> String {
         loop {
-            let n = self.next_if;
-            self.next_if = self.next_if.wrapping_add(1);
+            let n = NEXT_INTERFACE.fetch_add(1, Ordering::Relaxed);
             let name = format!("{}{n}", self.settings.name_prefix);
-            if !self.interfaces.values().any(|i| i.name == name) {
+            let ours = self.interfaces.values().any(|i| i.name == name);
+            if !ours && nix::net::if_::if_nametoindex(name.as_str()).is_err() {
                 return name;
             }
         }
