@@ -268,6 +268,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             timing: Timing {
                 keepalive,
                 dead_after: dead,
+                // A standalone tunnel carries no Babel hellos: probe an
+                // idle peer every keepalive so it is found dead in time.
+                idle_probe: keepalive,
                 ..Timing::default()
             },
             ..EndpointConfig::default()

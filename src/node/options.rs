@@ -196,8 +196,9 @@ pub struct NodeArgs {
     /// Largest RTT penalty added to a tunnel's cost [default: 96].
     #[arg(long, value_name = "COST")]
     pub babel_max_rtt_penalty: Option<u16>,
-    /// A tunnel from which nothing arrived for this long is dead, seconds
-    /// [default: the transport's].
+    /// A tunnel whose peer leaves what we send unanswered for this long is
+    /// dead, seconds [default: the transport's: 1.5 (probes every 0.25 s
+    /// once the peer went quiet); probes every fifth of it when set].
     #[arg(long, value_name = "SECS")]
     pub tunnel_timeout: Option<f64>,
     /// Kernel routing table for routes learned from Babel [default: main].

@@ -633,7 +633,11 @@ impl Endpoint {
                 Some(SessionAction::Keepalive) => {
                     t.ping_seq += 1;
                     let seq = t.ping_seq;
-                    if t.ping_sent.is_none() {
+                    // Time one probe at a time; a lost one is replaced once
+                    // its answer could no longer arrive.
+                    if t.ping_sent.is_none_or(|(_, at)| {
+                        now.saturating_duration_since(at) >= timing.dead_after
+                    }) {
                         t.ping_sent = Some((seq, now));
                     }
                     self.send_control(id, CTRL_PING, seq);
@@ -653,7 +657,7 @@ impl Endpoint {
     }
 
     fn send_control(&mut self, id: TunnelId, kind: u8, seq: u64) {
-        let Some(t) = self.tunnels.get(&id) else {
+        let Some(t) = self.tunnels.get_mut(&id) else {
             return;
         };
         let Some(sender) = t.sessions.sender() else {
@@ -665,6 +669,7 @@ impl Endpoint {
         buf[DATA_HEADER_LEN + 2..DATA_HEADER_LEN + CTRL_LEN].copy_from_slice(&seq.to_be_bytes());
         if let Ok(n) = sender.seal(&mut buf, CTRL_LEN) {
             buf.truncate(n);
+            t.sessions.control_sent();
             self.transmits.push_back((t.addr, buf));
         }
     }
@@ -1208,8 +1213,10 @@ mod tests {
         s.pump();
         s.advance(Duration::from_secs(2));
         assert_eq!(ups(&s.a_events), 1);
-        // b vanishes: a's timers run alone.
+        // b vanishes: a's timers run alone, and a sends a packet that stays
+        // unanswered.
         let killed = s.now;
+        let _ = send(&s.a, id, &[0x60u8, 0, 0, 0, 0, 0, 59, 64]);
         let mut t = s.now;
         let mut buf = [0u8; 2048];
         while downs(&s.a_events).is_empty() && t < killed + Duration::from_secs(10) {
@@ -1224,7 +1231,11 @@ mod tests {
             downs(&s.a_events),
             vec![DownReason::Timeout(Duration::from_secs(3))]
         );
-        assert!(t - killed <= Duration::from_secs(3), "{:?}", t - killed);
+        assert!(
+            t - killed <= Duration::from_secs(3) + timing.keepalive,
+            "{:?}",
+            t - killed
+        );
         assert!(s.a.stats(id).is_none(), "forgotten");
     }
 

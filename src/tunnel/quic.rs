@@ -44,9 +44,13 @@ pub const IPV6_MIN_MTU: u16 = 1280;
 /// Tunables of the quic transport.
 #[derive(Clone, Debug)]
 pub struct QuicConfig {
-    /// Interval of keepalive PINGs on an idle tunnel.
+    /// Interval of keepalive PINGs on an idle tunnel. quinn has no
+    /// "probe only when waiting" mode (its loss recovery already probes a
+    /// tunnel that sends), so an idle tunnel pings at this rate: a third of
+    /// `dead_timeout` gives three chances before the timeout.
     pub keepalive: Duration,
-    /// A tunnel that hears nothing from its peer for this long is dead.
+    /// A tunnel that hears nothing from its peer for this long is dead
+    /// (quinn stretches it to three probe timeouts on slow paths).
     pub dead_timeout: Duration,
     /// Bytes of datagrams queued for sending per tunnel before the TUN
     /// reader waits.
@@ -59,8 +63,8 @@ pub struct QuicConfig {
 impl Default for QuicConfig {
     fn default() -> Self {
         Self {
-            keepalive: Duration::from_secs(1),
-            dead_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_millis(500),
+            dead_timeout: Duration::from_millis(1500),
             send_buffer: 1 << 20,
             receive_buffer: 1 << 20,
         }
