@@ -462,13 +462,13 @@ impl<T: Transmit> TunnelManager<T> {
 /// or `window` has passed, yielding to the runtime between tries; `None`
 /// when the window ended empty (or is zero: `op` is then not called).
 ///
-/// This is what keeps latency low: a yielding task makes its worker poll
-/// the I/O driver without sleeping, so the next packet on any socket or TUN
-/// device of the process (typically the reply to what was just sent) is
-/// handled at once, instead of after the wake-up of a halted CPU and a
-/// sleeping thread (tens of microseconds each, more on a virtual machine).
-/// Start a window only after handling data packets, so that a tunnel at
-/// rest never polls.
+/// Meant to lower latency on hosts with idle cores: a yielding task makes
+/// its worker poll the I/O driver without sleeping, so the next packet on
+/// any socket or TUN device of the process (typically the reply to what was
+/// just sent) is handled at once, instead of after the wake-up of a halted
+/// CPU and a sleeping thread. On a busy host it raises latency instead (see
+/// [`DEFAULT_BUSY_POLL`]). Start a window only after handling data packets,
+/// so that a tunnel at rest never polls.
 pub async fn busy_poll<R>(
     window: Duration,
     mut op: impl FnMut() -> io::Result<R>,
