@@ -22,6 +22,7 @@ RUNS=${RUNS:-3}              # repetitions of each iperf3 test (median kept)
 DURATION=${DURATION:-8}      # seconds per iperf3 run
 UDP_LEN=${UDP_LEN:-1400}     # UDP datagram payload (bytes)
 PING_COUNT=${PING_COUNT:-20}
+TESTS=${TESTS:-tcp1 tcp4 udp ping} # which tests measure runs (any subset)
 IPERF_PORT=5201
 QUIET_PCT=${QUIET_PCT:-25}   # wait until the machine is below this busy %...
 QUIET_WAIT=${QUIET_WAIT:-60} # ...for at most this many seconds, then go on
@@ -196,6 +197,7 @@ measure() {
     bg_in_ns "$NS_B" "$ROW_WORK/iperf3-server.log" iperf3 -s -p "$IPERF_PORT"
     sleep 0.5
     for kind in tcp1 tcp4 udp; do
+        case " $TESTS " in *" $kind "*) ;; *) continue ;; esac
         for i in $(seq 1 "$RUNS"); do
             wait_quiet
             line=$(iperf_once "$kind")
@@ -204,6 +206,7 @@ measure() {
             sleep 1
         done
     done
+    case " $TESTS " in *" ping "*) ;; *) return 0 ;; esac
     for i in $(seq 1 "$RUNS"); do
         line=$(ping_once)
         log "$row ping #$i: ${line:-none} ms"

@@ -8,6 +8,8 @@
 #        re6st-quic
 #        (default: all of them, in that order)
 # env:   RUNS=3 DURATION=8 UDP_LEN=1400 PING_COUNT=20 QUIET_PCT=25 QUIET_WAIT=60
+#        TESTS="tcp1 tcp4 udp ping" (a subset runs only those tests)
+#        RE6ST_ARGS="--busy-poll-us 200" (more options of `re6st tunnel up`)
 #        RESULTS=benches/throughput/results/<date>  RE6ST=<path to re6st binary>
 #        (default: built here with `cargo build --release`)
 #
@@ -170,12 +172,14 @@ re6st_row() {
         { echo "this re6st cannot bring up a $proto tunnel ('re6st tunnel up --transport $proto')"; return 2; }
     [ -f "$WORK/re6st-pki/ca.crt" ] || "$RE6ST" tunnel pki --dir "$WORK/re6st-pki" --nodes 2
     local pki=$WORK/re6st-pki
-    bg_in_ns "$NS_B" "$ROW_WORK/re6st-b.log" "$RE6ST" tunnel up --transport "$proto" \
+    local extra
+    read -r -a extra <<<"${RE6ST_ARGS:-}"
+    bg_in_ns "$NS_B" "$ROW_WORK/re6st-b.log" "$RE6ST" tunnel up --transport "$proto" "${extra[@]}" \
         --ca "$pki/ca.crt" --key "$pki/node2.key" --cert "$pki/node2.crt" \
         --listen "[::]:3260" --addr fd00:198:19::2/64
     TUNNEL_PIDS+=("$LAST_PID")
     sleep 0.5
-    bg_in_ns "$NS_A" "$ROW_WORK/re6st-a.log" "$RE6ST" tunnel up --transport "$proto" \
+    bg_in_ns "$NS_A" "$ROW_WORK/re6st-a.log" "$RE6ST" tunnel up --transport "$proto" "${extra[@]}" \
         --ca "$pki/ca.crt" --key "$pki/node1.key" --cert "$pki/node1.crt" \
         --listen "[::]:3260" --peer "[$UL6_B]:3260,2/16" --once \
         --addr fd00:198:19::1/64

@@ -14,7 +14,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::datapath::{Transmit, TunnelManager, TxBatch};
+use super::datapath::{busy_poll, Transmit, TunnelManager, TxBatch};
 use super::endpoint::{Endpoint, Received};
 use super::handshake::Credentials;
 use super::sys::udp::{self as sys, RecvBatch, MAX_DATAGRAM};
@@ -163,7 +163,19 @@ impl Driver {
                     if r.is_err() {
                         return;
                     }
-                    self.receive(&mut batch).await;
+                    if self.receive(&mut batch).await {
+                        // Data went to a TUN device: its answer (or the
+                        // next packet of the flow) is likely to come soon.
+                        let window = self.manager.busy_poll();
+                        let sock = &*self.socket;
+                        let got = busy_poll(window, || {
+                            sock.try_io(Interest::READABLE, || batch.recv(sock))
+                        })
+                        .await;
+                        if let Some(Ok(_)) = got {
+                            self.handle(&mut batch).await;
+                        }
+                    }
                 }
                 cmd = cmds.recv() => {
                     let Some(cmd) = cmd else { return };
@@ -177,9 +189,11 @@ impl Driver {
         }
     }
 
-    async fn receive(&mut self, batch: &mut RecvBatch) {
-        // A bounded number of batches per wake-up, so timers and commands
-        // are not starved under load.
+    /// Receives and handles a bounded number of batches (so timers and
+    /// commands are not starved under load); whether any data packet was
+    /// delivered.
+    async fn receive(&mut self, batch: &mut RecvBatch) -> bool {
+        let mut data = false;
         for _ in 0..8 {
             match self
                 .socket
@@ -188,22 +202,32 @@ impl Driver {
                 Ok(_) => {}
                 Err(_) => break,
             }
-            let now = Instant::now();
-            let wall = SystemTime::now();
-            for i in 0..batch.len() {
-                let Some((src, bytes, seg)) = batch.message(i) else {
-                    continue;
-                };
-                for dgram in bytes.chunks_mut(seg.max(1)) {
-                    if let Received::Packet { id, packet } =
-                        self.endpoint.handle_datagram(src, dgram, now, wall)
-                    {
-                        self.manager.deliver(id, packet);
-                    }
+            data |= self.handle(batch).await;
+        }
+        data
+    }
+
+    /// Handles the datagrams of a received batch: decrypts data into the
+    /// TUN devices (written before returning); whether there was any.
+    async fn handle(&mut self, batch: &mut RecvBatch) -> bool {
+        let mut data = false;
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for i in 0..batch.len() {
+            let Some((src, bytes, seg)) = batch.message(i) else {
+                continue;
+            };
+            for dgram in bytes.chunks_mut(seg.max(1)) {
+                if let Received::Packet { id, packet } =
+                    self.endpoint.handle_datagram(src, dgram, now, wall)
+                {
+                    self.manager.deliver(id, packet);
+                    data = true;
                 }
             }
-            self.manager.flush().await;
         }
+        self.manager.flush().await;
+        data
     }
 
     fn command(&mut self, cmd: Command) {

@@ -18,6 +18,7 @@ use super::tls::{PeerPolicy, TlsIdentity};
 use super::{
     QuicCloser, QuicConfig, QuicCounters, QuicError, QuicTransport, QuicTunnel, TunnelEnd,
 };
+use crate::tunnel::datapath::DEFAULT_TX_QUEUE_LEN;
 use crate::tunnel::sys::tun::{self, TunConfig};
 use crate::tunnel::{
     Command, DownReason, HandshakeError, PeerInfo, TunnelEvent, TunnelId, TunnelStats,
@@ -291,6 +292,7 @@ impl Driver {
             mtu: t.mtu(),
             link_local: self.link_local(id),
             offload: false,
+            tx_queue_len: DEFAULT_TX_QUEUE_LEN,
         };
         let dev = match tun::create(&cfg) {
             Ok(d) => Arc::new(d),

@@ -19,6 +19,10 @@ pub struct TunConfig {
     pub link_local: Ipv6Addr,
     /// Whether to ask for TSO/GRO offloads (virtio-net header).
     pub offload: bool,
+    /// Packets the device queues for us to read (`txqueuelen`, the size of
+    /// the TUN ring): the kernel drops what does not fit, without slowing
+    /// the sender down.
+    pub tx_queue_len: u32,
 }
 
 /// Creates and brings up the device.
@@ -33,6 +37,7 @@ pub fn create(config: &TunConfig) -> io::Result<AsyncDevice> {
     DeviceBuilder::new()
         .name(&config.name)
         .mtu(config.mtu)
+        .tx_queue_len(config.tx_queue_len)
         .ipv6(config.link_local, 64u8)
         .with(|b| {
             b.offload(offload);
