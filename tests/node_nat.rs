@@ -147,7 +147,7 @@ fn reachability(v: &serde_json::Value) -> Option<String> {
     ]
     .into_iter()
     .find_map(|f| f.as_str().map(str::to_lowercase));
-    found
+    found.filter(|r| !r.is_empty())
 }
 
 /// Outgoing tunnels of `s` that count against the cap (not retiring).
@@ -197,7 +197,7 @@ fn upnp_node_maps_ports_accepts_incoming_and_unmaps_at_stop() {
 
     // The gateway redirects a udp and a tcp port to n1's 1194, and n1
     // announces exactly those (source upnp).
-    let (mapped, t) = wait_for(
+    let (mapped, _) = wait_for(
         &bed,
         "n1 announcing its UPnP mappings",
         Duration::from_secs(90),
@@ -229,9 +229,13 @@ fn upnp_node_maps_ports_accepts_incoming_and_unmaps_at_stop() {
         "n1 mapped {mapped:?} {:.1} s after start",
         (started.elapsed()).as_secs_f64()
     );
-    let _ = t;
     if let Ok(v) = status_json(&bed, 1) {
         eprintln!("n1 reachability: {:?}", reachability(&v));
+        let upnp = &v["nat"]["upnp"];
+        if !upnp.is_null() {
+            assert_eq!(upnp["state"], "ready", "{upnp}");
+            assert_eq!(upnp["external_ip"], ext.as_str(), "{upnp}");
+        }
         if let Some(r) = reachability(&v) {
             assert!(!r.contains("unreachable"), "n1 mapped but says {r}");
         }
@@ -421,6 +425,18 @@ fn two_nat_nodes_punch_a_direct_udp_tunnel() {
         tunnel.1.peer,
         t.as_secs_f64()
     );
+    // The nodes count it as a punched tunnel.
+    let punched: Vec<Option<u64>> = [1, 2]
+        .iter()
+        .map(|&i| status_json(&bed, i).ok()?["nat"]["punched"].as_u64())
+        .collect();
+    eprintln!("punched (n1, n2): {punched:?}");
+    if punched.iter().any(Option::is_some) {
+        assert!(
+            punched.iter().flatten().sum::<u64>() >= 1,
+            "a direct tunnel, but no punching session succeeded: {punched:?}"
+        );
+    }
     all_pairs(&mut bed, started, Duration::from_secs(60), "punch");
     // It carries traffic: n1 and n2 are neighbours over it, not through reg.
     assert!(bed.graph().linked(1, 2), "{}", bed.graph());
