@@ -374,13 +374,21 @@ fn two_nat_nodes_punch_a_direct_udp_tunnel() {
     if !can_run(test, false) {
         return;
     }
-    let opts = options("r6p", 2, 2)
+    // n1 and n2 behind their NATs; reg and n3 public, so that each NAT
+    // node has two peers to learn its public address from. Each wants the
+    // other as a persistent neighbour (outside the 2-tunnel cap), so the
+    // tunnel between them is wanted whatever the policy draws.
+    let opts = options("r6p", 3, 2)
         .host_kind(1, HostKind::Nat)
         .host_kind(2, HostKind::Nat)
         .node_extra(1, ["--ip", "any"])
         .node_extra(2, ["--ip", "any"]);
     let started = Instant::now();
-    let mut bed = MeshBed::start(opts).expect("testbed");
+    let mut bed = MeshBed::build(opts).expect("testbed");
+    let (n1, n2) = (bed.prefix(1).to_owned(), bed.prefix(2).to_owned());
+    bed.add_node_args(1, ["--neighbour", &n2]);
+    bed.add_node_args(2, ["--neighbour", &n1]);
+    bed.start_nodes().expect("start nodes");
     // Neither NAT lets the other in unasked.
     for (from, to) in [(1, 2), (2, 1)] {
         let target = bed.public_ip(to).to_string();
@@ -393,7 +401,6 @@ fn two_nat_nodes_punch_a_direct_udp_tunnel() {
             bed.name(to)
         );
     }
-    let (n1, n2) = (bed.prefix(1).to_owned(), bed.prefix(2).to_owned());
     let (gw1, gw2) = (bed.public_ip(1), bed.public_ip(2));
     let (tunnel, t) = wait_for(
         &bed,

@@ -548,6 +548,17 @@ impl MeshBed {
         Ok(())
     }
 
+    /// Appends `re6st node` arguments for node `i`, used from its next
+    /// start: arguments naming what is known only once the bed is built,
+    /// such as another node's prefix (`--neighbour`).
+    pub fn add_node_args<I, S>(&mut self, i: usize, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts[i].args.extend(args.into_iter().map(Into::into));
+    }
+
     /// Starts (or restarts, after [`kill`](Self::kill) or
     /// [`stop`](Self::stop)) node `i`. Its output is appended to
     /// [`log_path`](Self::log_path).

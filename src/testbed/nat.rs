@@ -295,18 +295,32 @@ pub fn ruleset(drop_udp: bool) -> String {
 }
 
 /// Reads the DNAT rules of `nft list chain … prerouting_miniupnpd`, e.g.
-/// `iif "ext" … udp dport 41234 dnat ip to 172.16.3.2:1194`. Lines that
-/// are not such a rule are skipped.
+/// `iif "ext" @nh,72,8 0x11 th dport 30476 dnat ip to 172.16.1.2:1194`
+/// (miniupnpd matches the IP protocol byte, 0x11 udp or 0x6 tcp, and a
+/// transport-header port) or `udp dport 30476 dnat …`. Lines that are not
+/// such a rule are skipped.
 pub fn parse_redirections(text: &str) -> Vec<Redirect> {
     text.lines()
+        .filter(|line| line.contains("dnat"))
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
             let dport = words.iter().position(|w| *w == "dport")?;
-            let proto = (*words.get(dport.checked_sub(1)?)?).to_owned();
+            let before = *words.get(dport.checked_sub(1)?)?;
+            let proto = match before {
+                "udp" | "tcp" => before.to_owned(),
+                _ => {
+                    let at = words.iter().position(|w| *w == "@nh,72,8")?;
+                    match *words.get(at + 1)? {
+                        "0x11" => "udp".to_owned(),
+                        "0x6" | "0x06" => "tcp".to_owned(),
+                        _ => return None,
+                    }
+                }
+            };
             let external_port = words.get(dport + 1)?.parse().ok()?;
             let to = words.iter().position(|w| *w == "to")?;
             let internal = words.get(to + 1)?.parse().ok()?;
-            (line.contains("dnat") && (proto == "udp" || proto == "tcp")).then_some(Redirect {
+            Some(Redirect {
                 proto,
                 external_port,
                 internal,
@@ -323,8 +337,9 @@ mod tests {
     fn redirections_are_read_from_nft_output() {
         let text = "table inet filter {\n\
             \tchain prerouting_miniupnpd {\n\
-            \t\tiif \"ext\" @nh,96,32 0xb2a0002 udp dport 41234 dnat ip to 172.16.3.2:1194\n\
+            \t\tiif \"ext\" @nh,72,8 0x11 th dport 41234 dnat ip to 172.16.3.2:1194\n\
             \t\tiif \"ext\" tcp dport 5000 dnat ip to 172.16.3.2:1194\n\
+            \t\tiif \"ext\" @nh,72,8 0x84 th dport 5002 dnat ip to 172.16.3.2:1194\n\
             \t\tiif \"ext\" tcp dport 5001 accept\n\
             \t\tudp dport nonsense dnat ip to 1.2.3.4:5\n\
             \t}\n}\n";
