@@ -609,16 +609,16 @@ routes: 2 selected
   ::/0                2001:db8:42::/48  fe80::9  re6st-1       352
 peer cache: 17 peers
 announced addresses:
-  10.42.0.5,1194,udp     interface
-  2001:db8::5,1195,quic  configured
+  10.42.0.5,1194,udp      interface
+  2001:db8::5,1195,quic   configured
   198.51.100.9,40001,udp  upnp
   198.51.100.9,1194,udp   peers
 reachability: mapped
   learned from peers: 198.51.100.9 (3 observations), udp endpoint 198.51.100.9:1194, nat port-preserving
   upnp: ready, gateway 10.42.0.1:5000, external address 198.51.100.9
     PROTO  LOCAL  EXTERNAL  STATE
-    udp     1194     40001  mapped
-    quic    1195         -  failed: conflict
+    udp    1194   40001     mapped
+    quic   1195   -         failed: conflict
   hole punching: 1 under way, 2 succeeded, 1 failed
 peer protocol: 40 sent, 38 accepted, 1 dropped
 babel: 500 packets sent (62.5 KiB), 480 received (58.6 KiB)

@@ -1031,10 +1031,14 @@ impl Mesh {
                 let Some(message) = PunchMessage::from_body(&body) else {
                     return;
                 };
+                // A request is welcome when we would accept the tunnel, or
+                // when we are trying to connect to that peer ourselves.
                 let wanted = self.udp_transport().is_some()
                     && self.policy.as_ref().is_some_and(|p| {
-                        matches!(message, PunchMessage::Request { .. }) && p.would_accept(sender)
-                            || !matches!(message, PunchMessage::Request { .. })
+                        p.would_accept(sender)
+                            || p.tunnels().any(|t| {
+                                t.peer == sender && t.direction == Direction::Outgoing && !t.up
+                            })
                     });
                 tracing::debug!("{sender}: {message:?}");
                 let ours = self.nat.udp_endpoint();
