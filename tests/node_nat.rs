@@ -161,7 +161,16 @@ fn outgoing(s: &Status) -> usize {
 fn all_pairs(bed: &mut MeshBed, started: Instant, timeout: Duration, label: &str) -> Duration {
     let result = bed.wait_all_pairs(started, timeout, |_, m, t| {
         let (ok, all) = m.counts();
-        eprintln!("{label} {:>5.1} s: {ok}/{all} pairs", t.as_secs_f64());
+        let missing = m.missing();
+        let shown = if missing.len() <= 16 {
+            format!(" (missing {})", missing.join(", "))
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{label} {:>5.1} s: {ok}/{all} pairs{shown}",
+            t.as_secs_f64()
+        );
     });
     match result {
         Ok((m, t)) => {
