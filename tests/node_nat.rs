@@ -162,7 +162,7 @@ fn all_pairs(bed: &mut MeshBed, started: Instant, timeout: Duration, label: &str
     let result = bed.wait_all_pairs(started, timeout, |_, m, t| {
         let (ok, all) = m.counts();
         let missing = m.missing();
-        let shown = if missing.len() <= 16 {
+        let shown = if !missing.is_empty() && missing.len() <= 16 {
             format!(" (missing {})", missing.join(", "))
         } else {
             String::new()
