@@ -15,63 +15,40 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use re6st::node::nat::punch::{PunchAction, PunchConfig, PunchEvent, Puncher};
+use re6st::testbed::nat::{NatConfig, NatGateway, EXT_IF};
 use re6st::testbed::{require_root, veth, Netns, NsChild};
 
 const RE6ST: &str = env!("CARGO_BIN_EXE_re6st");
 const PORT: u16 = 3260;
 
-/// A NAT gateway: masquerade towards `ext`, forward only what the LAN
-/// started, drop new inbound connections before conntrack confirms them
-/// (so a punch packet that arrives early leaves no state behind).
-fn nat_rules(ext: &str, lan: &str) -> String {
-    format!(
-        r#"table inet nat {{
-  chain early {{
-    type filter hook prerouting priority -150; policy accept;
-    iifname "{ext}" ct state new drop
-  }}
-  chain forward {{
-    type filter hook forward priority 0; policy drop;
-    ct state established,related accept
-    iifname "{lan}" oifname "{ext}" accept
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority 100; policy accept;
-    oifname "{ext}" masquerade
-  }}
-}}
-"#
-    )
-}
-
+/// A host behind its NAT gateway (`re6st::testbed::nat`: masquerade
+/// towards `ext`, forward only what the LAN started, drop new inbound
+/// connections before conntrack confirms them, so a punch packet that
+/// arrives early leaves no state behind).
 struct Site {
-    gw: Netns,
+    gw: NatGateway,
     host: Netns,
 }
 
-fn site(tag: &str, lan_net: &str, dir: &Path) -> Site {
-    let gw = Netns::new(&format!("punch-gw{tag}")).unwrap();
+fn site(tag: &str, lan_net: &str, external: &str, dir: &Path) -> Site {
     let host = Netns::new(&format!("punch-h{tag}")).unwrap();
-    veth(&gw, "lan", &host, "eth0").unwrap();
-    gw.exec(
-        "ip",
-        &["addr", "add", &format!("{lan_net}.1/24"), "dev", "lan"],
+    let config = NatConfig {
+        lan: format!("{lan_net}.1").parse().unwrap(),
+        host: format!("{lan_net}.2").parse().unwrap(),
+        external: external.parse().unwrap(),
+        external_len: 24,
+        onlink: Vec::new(),
+        upnp: false,
+        drop_udp: false,
+    };
+    let gw = NatGateway::new(
+        &format!("punch-gw{tag}"),
+        &host,
+        "eth0",
+        config,
+        &dir.join(format!("gw{tag}")),
     )
     .unwrap();
-    host.exec(
-        "ip",
-        &["addr", "add", &format!("{lan_net}.2/24"), "dev", "eth0"],
-    )
-    .unwrap();
-    host.exec(
-        "ip",
-        &["route", "add", "default", "via", &format!("{lan_net}.1")],
-    )
-    .unwrap();
-    gw.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
-        .unwrap();
-    let rules = dir.join(format!("gw{tag}.nft"));
-    std::fs::write(&rules, nat_rules("ext", "lan")).unwrap();
     Site { gw, host }
 }
 
@@ -126,17 +103,11 @@ fn two_nated_hosts_punch_a_direct_udp_tunnel() {
         .unwrap();
     assert!(st.success(), "re6st tunnel pki failed");
 
-    let a = site("a", "192.168.11", dir.path());
-    let b = site("b", "192.168.12", dir.path());
-    veth(&a.gw, "ext", &b.gw, "ext").unwrap();
-    a.gw.exec("ip", &["addr", "add", "11.78.0.1/24", "dev", "ext"])
-        .unwrap();
-    b.gw.exec("ip", &["addr", "add", "11.78.0.2/24", "dev", "ext"])
-        .unwrap();
-    for (s, tag) in [(&a, "a"), (&b, "b")] {
-        let rules = dir.path().join(format!("gw{tag}.nft"));
-        s.gw.exec("nft", &["-f", rules.to_str().unwrap()]).unwrap();
-    }
+    let mut a = site("a", "192.168.11", "11.78.0.1", dir.path());
+    let mut b = site("b", "192.168.12", "11.78.0.2", dir.path());
+    veth(a.gw.netns(), EXT_IF, b.gw.netns(), EXT_IF).unwrap();
+    a.gw.start().unwrap();
+    b.gw.start().unwrap();
     // Unsolicited packets from outside are dropped by each NAT.
     assert!(a
         .host

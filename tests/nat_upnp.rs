@@ -17,7 +17,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use re6st::node::nat::upnp::{self, UpnpConfig, UpnpStatus};
 use re6st::node::Proto;
-use re6st::testbed::{require_root, veth, Netns, NsChild};
+use re6st::testbed::nat::{NatConfig, NatGateway, EXT_IF};
+use re6st::testbed::{require_root, veth, Netns};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const GW_LAN: &str = "192.168.77.1";
@@ -27,41 +28,10 @@ const PUBLIC: &str = "11.77.0.2";
 const UDP_PORT: u16 = 4000;
 const TCP_PORT: u16 = 4001;
 
-/// The tables and chains miniupnpd's nftables backend expects (its
-/// defaults: table `inet filter`, chains `miniupnpd`,
-/// `prerouting_miniupnpd`, `postrouting_miniupnpd`), plus masquerade of the
-/// LAN towards the public side.
-const RULESET: &str = r#"table inet filter {
-  chain miniupnpd {
-  }
-  chain prerouting_miniupnpd {
-  }
-  chain postrouting_miniupnpd {
-  }
-  chain forward {
-    type filter hook forward priority 0; policy drop;
-    ct state established,related accept
-    iifname "gw-lan" oifname "gw-ext" accept
-    jump miniupnpd
-  }
-  chain prerouting {
-    type nat hook prerouting priority -100; policy accept;
-    jump prerouting_miniupnpd
-  }
-  chain postrouting {
-    type nat hook postrouting priority 100; policy accept;
-    jump postrouting_miniupnpd
-    oifname "gw-ext" masquerade
-  }
-}
-"#;
-
 struct Topology {
-    gw: Netns,
+    gw: NatGateway,
     lan: Netns,
     public: Netns,
-    _miniupnpd: NsChild,
-    dir: tempfile::TempDir,
 }
 
 fn have(tool: &str) -> bool {
@@ -71,98 +41,39 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn topology() -> Topology {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = Netns::new("upnp-gw").unwrap();
+/// The LAN host behind a masquerading gateway running miniupnpd, whose
+/// external side is joined to the public host.
+fn topology(dir: &Path) -> Topology {
     let lan = Netns::new("upnp-lan").unwrap();
     let public = Netns::new("upnp-pub").unwrap();
-    veth(&gw, "gw-lan", &lan, "lan0").unwrap();
-    veth(&gw, "gw-ext", &public, "pub0").unwrap();
-    gw.exec(
-        "ip",
-        &["addr", "add", &format!("{GW_LAN}/24"), "dev", "gw-lan"],
-    )
-    .unwrap();
-    gw.exec(
-        "ip",
-        &["addr", "add", &format!("{GW_EXT}/24"), "dev", "gw-ext"],
-    )
-    .unwrap();
-    lan.exec("ip", &["addr", "add", &format!("{LAN}/24"), "dev", "lan0"])
-        .unwrap();
-    lan.exec("ip", &["route", "add", "default", "via", GW_LAN])
-        .unwrap();
+    let config = NatConfig {
+        lan: GW_LAN.parse().unwrap(),
+        host: LAN.parse().unwrap(),
+        external: GW_EXT.parse().unwrap(),
+        external_len: 24,
+        onlink: Vec::new(),
+        upnp: true,
+        drop_udp: false,
+    };
+    let mut gw = NatGateway::new("upnp-gw", &lan, "lan0", config, dir).unwrap();
+    veth(gw.netns(), EXT_IF, &public, "pub0").unwrap();
     public
         .exec(
             "ip",
             &["addr", "add", &format!("{PUBLIC}/24"), "dev", "pub0"],
         )
         .unwrap();
-    gw.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
-        .unwrap();
-    let rules = dir.path().join("gw.nft");
-    std::fs::write(&rules, RULESET).unwrap();
-    gw.exec("nft", &["-f", rules.to_str().unwrap()]).unwrap();
-    let conf = dir.path().join("miniupnpd.conf");
-    std::fs::write(
-        &conf,
-        "ext_ifname=gw-ext\n\
-         listening_ip=gw-lan\n\
-         port=0\n\
-         enable_upnp=yes\n\
-         enable_natpmp=no\n\
-         secure_mode=yes\n\
-         system_uptime=yes\n\
-         uuid=6c1d6d2a-5f0e-4b8e-9f63-2b1e7a0c0d01\n\
-         allow 1024-65535 192.168.77.0/24 1024-65535\n\
-         deny 0-65535 0.0.0.0/0 0-65535\n",
-    )
-    .unwrap();
-    let log = dir.path().join("miniupnpd.log");
-    let miniupnpd = gw
-        .spawn(
-            "miniupnpd",
-            &[
-                "-d",
-                "-f",
-                conf.to_str().unwrap(),
-                "-P",
-                dir.path().join("miniupnpd.pid").to_str().unwrap(),
-            ],
-            &log,
-        )
-        .unwrap();
-    // Map only once miniupnpd answers (its log says it listens).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("HTTP listening")
-    {
-        assert!(Instant::now() < deadline, "miniupnpd did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Topology {
-        gw,
-        lan,
-        public,
-        _miniupnpd: miniupnpd,
-        dir,
-    }
+    gw.start().unwrap();
+    Topology { gw, lan, public }
 }
 
 /// The gateway's redirections (the DNAT rules miniupnpd installed).
-fn redirections(gw: &Netns) -> String {
-    let out = gw
-        .exec(
-            "nft",
-            &["list", "chain", "inet", "filter", "prerouting_miniupnpd"],
-        )
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn redirections(gw: &NatGateway) -> String {
+    gw.redirections_text().unwrap()
 }
 
-fn log(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("miniupnpd.log")).unwrap_or_default()
+fn log(gw: &NatGateway) -> String {
+    std::fs::read_to_string(gw.miniupnpd_log()).unwrap_or_default()
 }
 
 #[test]
@@ -179,7 +90,8 @@ fn upnp_maps_ports_through_miniupnpd_and_removes_them() {
         eprintln!("skipped: miniupnpd or nft missing");
         return;
     }
-    let t = topology();
+    let dir = tempfile::tempdir().unwrap();
+    let t = topology(dir.path());
     let (status_tx, status_rx) = mpsc::channel::<UpnpStatus>();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
 
@@ -242,10 +154,7 @@ fn upnp_maps_ports_through_miniupnpd_and_removes_them() {
         let Ok(status) = status_rx.recv_timeout(Duration::from_secs(90)) else {
             drop(stop_tx);
             let _ = mapper.join();
-            panic!(
-                "mapper never reported; miniupnpd log:\n{}",
-                log(t.dir.path())
-            );
+            panic!("mapper never reported; miniupnpd log:\n{}", log(&t.gw));
         };
         assert_eq!(status.state, "ready");
         assert_eq!(status.external_ip, Some(GW_EXT.parse().unwrap()));

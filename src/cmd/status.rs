@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use re6st::node::control::{self, ControlError, Request, Response, Status};
+use re6st::node::control::{self, ControlError, NatStatus, Request, Response, Status};
 use re6st::node::options::DEFAULT_RUN_DIR;
 
 /// Options of `re6st status`.
@@ -229,6 +229,7 @@ pub(crate) fn render(status: &Status, now: u64) -> String {
         }
         table.write_bare(&mut out);
     }
+    nat(&status.nat, &mut out);
     let p = &status.peer_protocol;
     let _ = writeln!(
         out,
@@ -321,6 +322,70 @@ impl Table {
     }
 }
 
+/// The NAT section: reachability, what peers see, UPnP, hole punching.
+fn nat(n: &NatStatus, out: &mut String) {
+    let reach = if n.reachability.is_empty() {
+        "unknown"
+    } else {
+        &n.reachability
+    };
+    let cap = if reach == "unreachable" {
+        " (at most 2 outgoing tunnels)"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "reachability: {reach}{cap}");
+    if n.learning {
+        let _ = writeln!(
+            out,
+            "  learned from peers: {} ({} observations), udp endpoint {}, nat {}",
+            or_dash(n.public_ip.as_ref()),
+            n.observations,
+            or_dash(n.udp_endpoint.as_ref()),
+            if n.nat_kind.is_empty() {
+                "unknown"
+            } else {
+                &n.nat_kind
+            }
+        );
+    } else {
+        out.push_str("  learned from peers: off\n");
+    }
+    match &n.upnp {
+        None => out.push_str("  upnp: off\n"),
+        Some(u) => {
+            let _ = writeln!(
+                out,
+                "  upnp: {}, gateway {}, external address {}",
+                u.state,
+                or_dash(u.gateway.as_ref()),
+                or_dash(u.external_ip.as_ref())
+            );
+            if !u.mappings.is_empty() {
+                let mut table = Table::new(&["PROTO", "LOCAL", "EXTERNAL", "STATE"]);
+                for m in &u.mappings {
+                    table.row(vec![
+                        m.proto.clone(),
+                        m.local_port.to_string(),
+                        or_dash(m.external_port.as_ref()),
+                        m.state.clone(),
+                    ]);
+                }
+                let mut lines = String::new();
+                table.write(&mut lines);
+                for line in lines.lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  hole punching: {} under way, {} succeeded, {} failed",
+        n.punching, n.punched, n.punch_failed
+    );
+}
+
 fn or_dash(v: Option<&impl std::fmt::Display>) -> String {
     v.map_or_else(|| "-".to_owned(), ToString::to_string)
 }
@@ -369,6 +434,7 @@ mod tests {
         AnnouncedAddress, BabelCounters, EventRecord, Identity, NeighbourStatus,
         PeerProtocolCounters, RouteStatus, TunnelStatus,
     };
+    use re6st::node::nat::upnp::{MappingStatus, UpnpStatus};
 
     use super::*;
 
@@ -458,7 +524,45 @@ mod tests {
                     address: "2001:db8::5,1195,quic".into(),
                     source: "configured".into(),
                 },
+                AnnouncedAddress {
+                    address: "198.51.100.9,40001,udp".into(),
+                    source: "upnp".into(),
+                },
+                AnnouncedAddress {
+                    address: "198.51.100.9,1194,udp".into(),
+                    source: "peers".into(),
+                },
             ],
+            nat: NatStatus {
+                reachability: "mapped".into(),
+                upnp: Some(UpnpStatus {
+                    state: "ready".into(),
+                    gateway: Some("10.42.0.1:5000".parse().unwrap()),
+                    external_ip: Some("198.51.100.9".parse().unwrap()),
+                    mappings: vec![
+                        MappingStatus {
+                            proto: "udp".into(),
+                            local_port: 1194,
+                            external_port: Some(40001),
+                            state: "mapped".into(),
+                        },
+                        MappingStatus {
+                            proto: "quic".into(),
+                            local_port: 1195,
+                            external_port: None,
+                            state: "failed: conflict".into(),
+                        },
+                    ],
+                }),
+                learning: true,
+                public_ip: Some("198.51.100.9".parse().unwrap()),
+                udp_endpoint: Some("198.51.100.9:1194".parse().unwrap()),
+                nat_kind: "port-preserving".into(),
+                observations: 3,
+                punching: 1,
+                punched: 2,
+                punch_failed: 1,
+            },
             peer_protocol: PeerProtocolCounters {
                 sent: 40,
                 accepted: 38,
@@ -505,8 +609,17 @@ routes: 2 selected
   ::/0                2001:db8:42::/48  fe80::9  re6st-1       352
 peer cache: 17 peers
 announced addresses:
-  10.42.0.5,1194,udp     interface
-  2001:db8::5,1195,quic  configured
+  10.42.0.5,1194,udp      interface
+  2001:db8::5,1195,quic   configured
+  198.51.100.9,40001,udp  upnp
+  198.51.100.9,1194,udp   peers
+reachability: mapped
+  learned from peers: 198.51.100.9 (3 observations), udp endpoint 198.51.100.9:1194, nat port-preserving
+  upnp: ready, gateway 10.42.0.1:5000, external address 198.51.100.9
+    PROTO  LOCAL  EXTERNAL  STATE
+    udp    1194   40001     mapped
+    quic   1195   -         failed: conflict
+  hole punching: 1 under way, 2 succeeded, 1 failed
 peer protocol: 40 sent, 38 accepted, 1 dropped
 babel: 500 packets sent (62.5 KiB), 480 received (58.6 KiB)
 
@@ -546,6 +659,10 @@ neighbours: none
 routes: 0 selected
 peer cache: 0 peers
 announced addresses: none
+reachability: unknown
+  learned from peers: off
+  upnp: off
+  hole punching: 0 under way, 0 succeeded, 0 failed
 peer protocol: 0 sent, 0 accepted, 0 dropped
 babel: 0 packets sent (0 B), 0 received (0 B)
 

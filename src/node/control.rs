@@ -87,6 +87,9 @@ pub struct Status {
     pub peer_cache: usize,
     /// Addresses we announce to peers, and how each was learned.
     pub addresses: Vec<AnnouncedAddress>,
+    /// Reachability behind NAT: UPnP, learned address, hole punching.
+    #[serde(default)]
+    pub nat: NatStatus,
     /// Peer-protocol counters.
     pub peer_protocol: PeerProtocolCounters,
     /// Babel control traffic.
@@ -190,6 +193,33 @@ pub struct AnnouncedAddress {
     pub address: String,
     /// How it was learned: `configured`, `interface`, `upnp`, `peers`.
     pub source: String,
+}
+
+/// What the node knows of its NAT (issue 6).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatStatus {
+    /// Whether others can open tunnels to us: `public`, `mapped` (UPnP),
+    /// `unreachable` (at most 2 outgoing tunnels) or `unknown`.
+    pub reachability: String,
+    /// The UPnP mapper's state, when UPnP is enabled.
+    pub upnp: Option<crate::node::nat::upnp::UpnpStatus>,
+    /// Whether our public address is learned from peers.
+    pub learning: bool,
+    /// The public IP peers agree on.
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Our public UDP endpoint as peers see it (announced when punching).
+    pub udp_endpoint: Option<SocketAddr>,
+    /// What the observations say about the NAT's UDP mappings:
+    /// `unknown`, `port-preserving`, `endpoint-independent`, `symmetric`.
+    pub nat_kind: String,
+    /// Peers whose observation of our address is remembered.
+    pub observations: usize,
+    /// Hole-punching sessions under way.
+    pub punching: usize,
+    /// Hole-punching sessions that gave a tunnel.
+    pub punched: u64,
+    /// Hole-punching sessions that failed.
+    pub punch_failed: u64,
 }
 
 /// Peer-protocol counters (see `peer_proto::PeerStats`).

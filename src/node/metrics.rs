@@ -447,6 +447,7 @@ mod tests {
             route_count: 3,
             routes: None,
             peer_cache: 17,
+            nat: Default::default(),
             addresses: vec![
                 AnnouncedAddress {
                     address: "10.42.0.5,1194,udp".into(),

@@ -295,6 +295,11 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
         }
     }
 
+    /// Whether we are reachable from outside (see [`Policy::set_reachable`]).
+    pub fn reachable(&self) -> bool {
+        self.reachable
+    }
+
     /// Outgoing tunnels (up or connecting), persistent ones excluded.
     pub fn outgoing_count(&self) -> usize {
         self.tunnels
@@ -640,6 +645,35 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
             self.fail(peer, now);
         }
         self.fill(now);
+    }
+
+    /// Our outgoing connection attempt to `peer` goes on with another
+    /// address, transport or hole punching: its connect deadline restarts
+    /// at `now`, so that a slow first address does not make the policy
+    /// give up the attempt (and stall) while the next one is tried.
+    pub fn handle_connect_progress(&mut self, peer: P, now: Instant) {
+        if let Some(t) = self.tunnels.get_mut(&peer) {
+            if t.direction == Direction::Outgoing {
+                if let Phase::Connecting { deadline } = &mut t.phase {
+                    *deadline = now + self.config.connect_timeout;
+                }
+            }
+        }
+    }
+
+    /// Whether an incoming tunnel from `peer` would be accepted now (asked
+    /// before agreeing to punch a hole with it).
+    pub fn would_accept(&self, peer: P) -> bool {
+        if peer == self.me {
+            return false;
+        }
+        match self.tunnels.get(&peer).map(|t| t.direction) {
+            Some(Direction::Incoming) => true,
+            Some(Direction::Outgoing) => false,
+            None => {
+                self.neighbours.contains(&peer) || self.incoming_count() < self.config.max_clients
+            }
+        }
     }
 
     /// Our outgoing connection attempt to `peer` failed (every address).
@@ -2339,5 +2373,31 @@ mod tests {
         let a: BTreeMap<_, _> = run().into_iter().map(|e| (e, ())).collect();
         let b: BTreeMap<_, _> = run().into_iter().map(|e| (e, ())).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn connect_progress_restarts_the_deadline_and_admission_is_predicted() {
+        let mut h = Harness::new(1, config(1, 1));
+        let now = h.now;
+        h.policy.handle_bootstrap_peer(42, addr(42), now);
+        assert_eq!(connects(&h.actions()), [42]);
+        // 25 s later the first address failed and the next one is tried:
+        // the attempt is not given up at 30 s, only 30 s after the progress.
+        h.advance(25.0);
+        let now = h.now;
+        h.policy.handle_connect_progress(42, now);
+        let closed = |a: &[Action<u32>]| {
+            a.iter()
+                .any(|a| matches!(a, Action::Close { peer: 42, .. }))
+        };
+        assert!(!closed(&h.advance(50.0)));
+        assert!(closed(&h.advance(56.0)));
+        // Admission: one incoming slot.
+        assert!(h.policy.would_accept(7));
+        assert!(!h.policy.would_accept(1));
+        let now = h.now;
+        assert!(h.policy.handle_incoming(7, now));
+        assert!(h.policy.would_accept(7));
+        assert!(!h.policy.would_accept(8));
     }
 }

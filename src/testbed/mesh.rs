@@ -17,6 +17,11 @@
 //! `re6st node` in each host, logging to `<dir>/<host>/node.log`. Node 0 is
 //! the registry's node; nodes `1..=N` are the node hosts.
 //!
+//! A host may sit behind a NAT gateway instead ([`MeshOptions::host_kind`],
+//! [`HostKind`]): the gateway namespace is on the bridge with an external
+//! address 11.42.0.(i+1) (public hosts reach 11.42.0.0/24 on-link), the
+//! host is 172.16.i.2 behind it; see [`super::nat`].
+//!
 //! Every namespace is private to the bed (unique names, addresses only
 //! inside them), so beds running at the same time never collide. Processes
 //! are held as [`NsChild`]ren and killed by PID; the bed's drop stops the
@@ -43,6 +48,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+pub use super::nat::HostKind;
+use super::nat::{NatConfig, NatGateway, EXT_IF};
 use super::{veth, Netns, NsChild};
 use crate::node::control::{self, ControlError, Request, Response, Status};
 use crate::pki::{NodeCert, Verifier};
@@ -117,6 +124,10 @@ pub struct MeshOptions {
     pub log_filter: Option<String>,
     /// Prefix of the namespace names (`r6`: `r6reg-PID-N`, `r6n1-PID-N`).
     pub name: String,
+    /// Hosts (by index) that are not [`HostKind::Public`]: behind a NAT
+    /// gateway of that kind (see [`super::nat`]). The registry's host (0)
+    /// must stay public.
+    pub kinds: Vec<(usize, HostKind)>,
 }
 
 impl MeshOptions {
@@ -133,6 +144,7 @@ impl MeshOptions {
             dir: None,
             log_filter: None,
             name: "r6".into(),
+            kinds: Vec::new(),
         }
     }
 
@@ -166,6 +178,22 @@ impl MeshOptions {
             .push((index, args.into_iter().map(Into::into).collect()));
         self
     }
+
+    /// Puts host `index` behind a NAT gateway of `kind` (the last call for
+    /// an index wins).
+    pub fn host_kind(mut self, index: usize, kind: HostKind) -> Self {
+        self.kinds.push((index, kind));
+        self
+    }
+
+    /// The kind of host `index`.
+    pub fn kind(&self, index: usize) -> HostKind {
+        self.kinds
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == index)
+            .map_or(HostKind::Public, |(_, k)| *k)
+    }
 }
 
 /// One host of the bed and its node.
@@ -174,6 +202,9 @@ struct Host {
     name: String,
     ns: Netns,
     underlay: Ipv4Addr,
+    kind: HostKind,
+    // The NAT gateway in front of the host, if any (dropped after `ns`).
+    gateway: Option<NatGateway>,
     dir: PathBuf,
     prefix: String,
     serial: u64,
@@ -268,11 +299,19 @@ impl MeshBed {
             Some(lan)
         };
 
+        if opts.kind(0) != HostKind::Public {
+            return Err(BedError::Failed(
+                "the registry's host (0) must be public: every node enrolls through it".into(),
+            ));
+        }
+        let any_nat = (0..=opts.nodes).any(|i| opts.kind(i) != HostKind::Public);
         let mut hosts = Vec::new();
         for i in 0..=opts.nodes {
             let name = host_name(i);
             let ns = Netns::new(&format!("{}{name}", opts.name)).map_err(ns_err(&name))?;
-            let underlay = Ipv4Addr::new(10, 42, 0, u8::try_from(i + 1).unwrap_or(255));
+            let kind = opts.kind(i);
+            let host_dir = dir.join(&name);
+            let mut underlay = Ipv4Addr::new(10, 42, 0, u8::try_from(i + 1).unwrap_or(255));
             // Forwarding: every node relays traffic for the others. No DAD:
             // link-local addresses usable at once.
             for sysctl in [
@@ -284,22 +323,44 @@ impl MeshBed {
                 ns.exec("sysctl", &["-qw", sysctl]).map_err(ns_err(&name))?;
             }
             let port = format!("h{i}");
-            veth(&internet, &port, &ns, "eth0").map_err(ns_err(&name))?;
-            internet
-                .exec("ip", &["link", "set", &port, "master", "br0"])
-                .and_then(|_| {
-                    ns.exec(
-                        "ip",
-                        &["addr", "add", &format!("{underlay}/24"), "dev", "eth0"],
-                    )
-                })
-                .map_err(ns_err(&name))?;
+            let gateway = if kind == HostKind::Public {
+                veth(&internet, &port, &ns, "eth0").map_err(ns_err(&name))?;
+                internet
+                    .exec("ip", &["link", "set", &port, "master", "br0"])
+                    .and_then(|_| {
+                        ns.exec(
+                            "ip",
+                            &["addr", "add", &format!("{underlay}/24"), "dev", "eth0"],
+                        )
+                    })
+                    .map_err(ns_err(&name))?;
+                if any_nat {
+                    ns.exec("ip", &["route", "add", NAT_PUBLIC_NET, "dev", "eth0"])
+                        .map_err(ns_err(&name))?;
+                }
+                None
+            } else {
+                let config = nat_config(i, kind);
+                underlay = config.host;
+                let mut gw = NatGateway::new(
+                    &format!("{}{name}gw", opts.name),
+                    &ns,
+                    "eth0",
+                    config,
+                    &host_dir.join("gateway"),
+                )
+                .map_err(ns_err(&format!("{name} gateway")))?;
+                veth(&internet, &port, gw.netns(), EXT_IF)
+                    .and_then(|()| internet.exec("ip", &["link", "set", &port, "master", "br0"]))
+                    .map_err(ns_err(&format!("{name} gateway")))?;
+                gw.start().map_err(ns_err(&format!("{name} gateway")))?;
+                Some(gw)
+            };
             if let (Some(lan), true) = (&lan, opts.lan.contains(&i)) {
                 veth(lan, &port, &ns, "lan0").map_err(ns_err(&name))?;
                 lan.exec("ip", &["link", "set", &port, "master", "br0"])
                     .map_err(ns_err(&name))?;
             }
-            let host_dir = dir.join(&name);
             std::fs::create_dir_all(host_dir.join("run"))
                 .and_then(|()| std::fs::create_dir_all(host_dir.join("state")))
                 .map_err(io_err(format!("create {}", host_dir.display())))?;
@@ -313,6 +374,8 @@ impl MeshBed {
                 name,
                 ns,
                 underlay,
+                kind,
+                gateway,
                 dir: host_dir,
                 prefix: String::new(),
                 serial: 0,
@@ -485,6 +548,17 @@ impl MeshBed {
         Ok(())
     }
 
+    /// Appends `re6st node` arguments for node `i`, used from its next
+    /// start: arguments naming what is known only once the bed is built,
+    /// such as another node's prefix (`--neighbour`).
+    pub fn add_node_args<I, S>(&mut self, i: usize, args: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts[i].args.extend(args.into_iter().map(Into::into));
+    }
+
     /// Starts (or restarts, after [`kill`](Self::kill) or
     /// [`stop`](Self::stop)) node `i`. Its output is appended to
     /// [`log_path`](Self::log_path).
@@ -635,9 +709,30 @@ impl MeshBed {
         self.hosts[i].address
     }
 
-    /// Host `i`'s address on the "internet" bridge.
+    /// Host `i`'s own IPv4 address: on the "internet" bridge for a public
+    /// host, on its LAN (172.16.`i`.2) behind a NAT gateway.
     pub fn underlay(&self, i: usize) -> Ipv4Addr {
         self.hosts[i].underlay
+    }
+
+    /// The address others see host `i`'s traffic come from: its
+    /// [`underlay`](Self::underlay) when public, its gateway's external
+    /// address when behind a NAT.
+    pub fn public_ip(&self, i: usize) -> Ipv4Addr {
+        self.hosts[i]
+            .gateway
+            .as_ref()
+            .map_or(self.hosts[i].underlay, NatGateway::external)
+    }
+
+    /// What host `i` sits behind.
+    pub fn host_kind(&self, i: usize) -> HostKind {
+        self.hosts[i].kind
+    }
+
+    /// Host `i`'s NAT gateway, when it has one.
+    pub fn gateway(&self, i: usize) -> Option<&NatGateway> {
+        self.hosts[i].gateway.as_ref()
     }
 
     /// The network prefix (`2001:db8:42::/48`).
@@ -926,7 +1021,7 @@ impl MeshBed {
         let mut cut = LinkCut { rules: Vec::new() };
         for (here, there) in [(a, b), (b, a)] {
             let table = format!("re6st_cut_{there}");
-            let peer = self.hosts[there].underlay.to_string();
+            let peer = self.public_ip(there).to_string();
             let script = format!(
                 "table ip {table} {{\n\
                  chain input {{ type filter hook input priority -10; ip saddr {peer} drop; }}\n\
@@ -1290,6 +1385,26 @@ fn parse_probe(text: &str, elapsed: Duration) -> ProbeResult {
         sent,
         received: seqs.len() as u64,
         longest_gap: tick * u32::try_from(longest).unwrap_or(u32::MAX),
+    }
+}
+
+/// Where NAT gateways have their external addresses, on the "internet"
+/// bridge next to the public hosts' 10.42.0.0/24 (miniupnpd refuses a
+/// private external address; these exist only inside the bed).
+const NAT_PUBLIC_NET: &str = "11.42.0.0/24";
+
+/// The gateway of NAT host `i`: LAN 172.16.`i`.0/24 (gateway `.1`, host
+/// `.2`), external address 11.42.0.(`i`+1), public hosts on-link.
+fn nat_config(i: usize, kind: HostKind) -> NatConfig {
+    let n = u8::try_from(i).unwrap_or(255);
+    NatConfig {
+        lan: Ipv4Addr::new(172, 16, n, 1),
+        host: Ipv4Addr::new(172, 16, n, 2),
+        external: Ipv4Addr::new(11, 42, 0, n.saturating_add(1)),
+        external_len: 24,
+        onlink: vec!["10.42.0.0/24".into()],
+        upnp: kind == HostKind::NatUpnp,
+        drop_udp: kind == HostKind::NatNoUdp,
     }
 }
 

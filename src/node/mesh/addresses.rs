@@ -22,13 +22,19 @@ pub(crate) enum Source {
     Configured,
     /// An address of one of the host's interfaces.
     Interface,
+    /// A UPnP port mapping on the gateway (`--ip upnp`, or no `--ip`).
+    Upnp,
+    /// The address peers see our tunnels come from (`--ip any`).
+    Peers,
 }
 
 impl Source {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Configured => "configured",
             Self::Interface => "interface",
+            Self::Upnp => "upnp",
+            Self::Peers => "peers",
         }
     }
 }

@@ -15,6 +15,7 @@
 mod addresses;
 mod config;
 mod ipv4;
+mod nat;
 mod peers;
 mod routes;
 mod status;
@@ -37,11 +38,14 @@ use rand::SeedableRng;
 
 use self::addresses::Source;
 use self::config::Changes;
+use self::nat::{Mechanisms, NatState};
 use self::peers::{Answer, Ask, PeerSocket, Waiters};
 use self::routes::{RouterParts, SelectedRoute};
 use self::tunnels::{TransportCredentials, Transports, TunnelKey, TunnelTable};
 use super::cache::PeerCache;
 use super::control::{self, ControlCall, Request, Response};
+use super::nat::punch::{PunchAction, PunchEvent, PunchMessage};
+use super::nat::upnp::{self, UpnpConfig, UpnpHandle, UpnpStatus};
 use super::options::NodeOptions;
 use super::peer_proto::{Addresses, Body, Message, PeerEndpoint, Prefixes};
 use super::policy::{Action, Direction, Policy};
@@ -272,6 +276,17 @@ struct Mesh {
     revoked: bool,
     bootstrap_failures: u32,
     announced: Vec<(Address, Source)>,
+    /// The configured and host addresses, before the NAT state adds the
+    /// UPnP mappings and the learned address.
+    base_announced: Vec<(Address, Source)>,
+    /// UPnP, learning, reachability and hole punching.
+    nat: NatState,
+    /// The UPnP mapper, while it runs.
+    upnp: Option<UpnpHandle>,
+    /// Tunnels opened by hole punching that are not up yet, with the
+    /// direction the policy knows them by (outgoing on the side that asked
+    /// for the tunnel, incoming on the side that agreed).
+    punch_keys: std::collections::BTreeMap<TunnelKey, Direction>,
     /// Tunnel peers we told our configuration version since their tunnel
     /// came up.
     told_version: std::collections::BTreeSet<NodePrefix>,
@@ -408,6 +423,15 @@ impl Mesh {
             }
         };
         let (asks_tx, asks_rx) = mpsc::unbounded_channel();
+        let mechanisms = Mechanisms::of(&options.ip, options.client.is_some());
+        let nat = NatState::new(mechanisms, &options.pp, StdRng::from_entropy());
+        let upnp = mechanisms.upnp.then(|| {
+            upnp::start(
+                UpnpConfig::default(),
+                upnp::wanted(nat.pp()),
+                StdRng::from_entropy(),
+            )
+        });
         let mut mesh = Self {
             options,
             cert,
@@ -426,6 +450,10 @@ impl Mesh {
             revoked: false,
             bootstrap_failures: 0,
             announced: Vec::new(),
+            base_announced: Vec::new(),
+            nat,
+            upnp,
+            punch_keys: std::collections::BTreeMap::new(),
             told_version: std::collections::BTreeSet::new(),
             lan_names,
             ipv4,
@@ -474,6 +502,7 @@ impl Mesh {
         let mut config_poll = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
         let mut address_poll =
             tokio::time::interval_at(tokio::time::Instant::now() + ADDRESS_POLL, ADDRESS_POLL);
+        let mut upnp_status = self.upnp.as_ref().map(UpnpHandle::status);
         loop {
             if self.revoked {
                 return MeshExit::Revoked;
@@ -485,8 +514,31 @@ impl Mesh {
                     None => std::future::pending().await,
                 }
             };
+            let nat_deadline = self.nat.poll_timeout();
+            let nat_timer = async {
+                match nat_deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let upnp_changed = async {
+                match &mut upnp_status {
+                    Some(rx) => match rx.changed().await {
+                        Ok(()) => rx.borrow_and_update().clone(),
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => return MeshExit::Stopped,
+                () = nat_timer => {
+                    if self.nat.handle_timeout(Instant::now()).is_some() {
+                        self.recompute_nat();
+                    }
+                    self.drain_punch().await;
+                }
+                status = upnp_changed => self.upnp_status(status),
                 () = policy_timer => {
                     if let Some(p) = &mut self.policy {
                         p.handle_timeout(Instant::now());
@@ -665,6 +717,15 @@ impl Mesh {
             .collect();
         for peer in newly {
             self.told_version.insert(peer);
+            let seen: Vec<(Proto, std::net::SocketAddr)> = self
+                .table
+                .iter()
+                .filter(|(_, e)| e.up && e.peer == peer)
+                .filter_map(|(_, e)| Some((e.proto, e.remote?)))
+                .collect();
+            for (proto, addr) in seen {
+                self.tell_observed(peer, proto, addr).await;
+            }
             let version = self.config.version;
             self.peer.send(peer, &Body::ConfigVersion(version)).await;
             // Learn its addresses too: we hand them to nodes that
@@ -675,6 +736,17 @@ impl Mesh {
         if let Some(p) = &mut self.policy {
             p.handle_routes(destinations, Instant::now());
         }
+    }
+
+    /// Tells `peer` the underlay address its `proto` tunnel packets come
+    /// from (what it learns its public address from).
+    async fn tell_observed(&mut self, peer: NodePrefix, proto: Proto, addr: std::net::SocketAddr) {
+        let addr = Address {
+            ip: addr.ip().to_canonical(),
+            port: addr.port(),
+            proto,
+        };
+        self.peer.send(peer, &Body::Observed(addr)).await;
     }
 
     /// Reads the host's addresses in a task ([`Internal::HostAddresses`]).
@@ -944,13 +1016,36 @@ impl Mesh {
                 let list = prefixes.iter().collect();
                 self.waiters.answer(sender, &Answer::Topology(list));
             }
-            // NAT traversal (`node::nat`) is not driven by this loop yet.
-            Body::Observed(_)
-            | Body::PunchRequest { .. }
-            | Body::PunchAccept { .. }
-            | Body::PunchRefuse { .. } => {
-                let kind = body.message_type();
-                tracing::debug!("{sender}: {kind:?} ignored (NAT traversal not enabled)");
+            Body::Observed(addr) => {
+                // Only a tunnel peer saw our packets.
+                if !self.table.up_peers().contains(&sender) {
+                    tracing::debug!("{sender}: observation ignored (no tunnel with it)");
+                    return;
+                }
+                tracing::debug!("{sender} sees us at {addr}");
+                if self.nat.handle_observed(sender, addr, now).is_some() {
+                    self.recompute_nat();
+                }
+            }
+            Body::PunchRequest { .. } | Body::PunchAccept { .. } | Body::PunchRefuse { .. } => {
+                let Some(message) = PunchMessage::from_body(&body) else {
+                    return;
+                };
+                // A request is welcome when we would accept the tunnel, or
+                // when we are trying to connect to that peer ourselves.
+                let wanted = self.udp_transport().is_some()
+                    && self.policy.as_ref().is_some_and(|p| {
+                        p.would_accept(sender)
+                            || p.tunnels().any(|t| {
+                                t.peer == sender && t.direction == Direction::Outgoing && !t.up
+                            })
+                    });
+                tracing::debug!("{sender}: {message:?}");
+                let ours = self.nat.udp_endpoint();
+                self.nat
+                    .puncher
+                    .handle_message(sender, message, ours, wanted, now);
+                self.drain_punch().await;
             }
         }
     }
@@ -982,6 +1077,7 @@ impl Mesh {
         let now = Instant::now();
         match action {
             Action::Connect { peer, addresses } => {
+                let addresses = self.nat.order(peer, &addresses, now);
                 let mut plan = tunnels::plan(
                     &addresses,
                     &self.transports.protos(),
@@ -1001,7 +1097,12 @@ impl Mesh {
                 }
             }
             Action::Close { peer, direction } => {
+                if direction == Direction::Outgoing {
+                    // Given up (connect timeout): no more punching either.
+                    self.nat.puncher.cancel(&peer);
+                }
                 if let Some(key) = self.table.find(peer, direction) {
+                    self.punch_keys.remove(&key);
                     self.close(key);
                 }
             }
@@ -1115,6 +1216,9 @@ impl Mesh {
             } => {
                 let key = TunnelKey { transport, id };
                 let client_tunnel = self.client.as_ref().is_some_and(|c| c.pending == Some(key));
+                // A punched tunnel keeps the direction the policy knows it
+                // by, whichever side's handshake won.
+                let punched = self.punch_keys.remove(&key);
                 // A --client tunnel was opened without knowing the peer:
                 // recorded now, as an incoming one would be.
                 let direction = self.table.up(
@@ -1123,13 +1227,22 @@ impl Mesh {
                     proto,
                     interface.clone(),
                     addr,
-                    initiated && !client_tunnel,
+                    (initiated || punched.is_some()) && !client_tunnel,
                     now,
                 );
-                let Some(direction) = direction else {
+                let Some(mut direction) = direction else {
                     self.transports.close(key);
                     return;
                 };
+                if let Some(d) = punched {
+                    direction = d;
+                    if let Some(e) = self.table.get_mut(key) {
+                        e.direction = d;
+                    }
+                }
+                if proto == Proto::Udp {
+                    self.nat.puncher.handle_tunnel_up(&peer.prefix);
+                }
                 if client_tunnel {
                     if let Some(e) = self.table.get_mut(key) {
                         e.direction = Direction::Outgoing;
@@ -1161,6 +1274,7 @@ impl Mesh {
                     peer.prefix
                 ));
                 self.prepare_interface(key, interface);
+                self.drain_punch().await;
             }
             TunnelEvent::Down {
                 id,
@@ -1180,17 +1294,43 @@ impl Mesh {
                 let Some(entry) = self.table.get(key).cloned() else {
                     return;
                 };
+                if self.punch_keys.remove(&key).is_some() {
+                    // The puncher decides when punching failed.
+                    self.table.remove(key);
+                    tracing::debug!("punching handshakes to {} ended: {reason}", entry.peer);
+                    return;
+                }
                 if entry.direction == Direction::Outgoing && !entry.up {
+                    self.nat.handle_proto_failed(entry.peer, entry.proto, now);
                     // Next address of the attempt, if any.
                     if let Some((t, remote)) = self.table.next_address(key) {
                         if let Some(new) = self.open(t, remote, Some(entry.peer)).await {
                             let proto = self.transports.protos()[t];
+                            tracing::info!(
+                                "cannot reach {} over {}: trying {remote} over {proto}",
+                                entry.peer,
+                                entry.proto
+                            );
                             self.table.retried(key, new, proto, remote, now);
+                            if let Some(p) = &mut self.policy {
+                                p.handle_connect_progress(entry.peer, now);
+                            }
                             return;
                         }
                     }
                     self.table.remove(key);
                     tracing::info!("cannot reach {}: {reason}", entry.peer);
+                    if self.udp_transport().is_some() && self.nat.should_punch(entry.peer, now) {
+                        // Neither side reachable: punch through the mesh.
+                        self.log(format!("punching a hole to {}", entry.peer));
+                        let ours = self.nat.udp_endpoint();
+                        self.nat.puncher.connect(entry.peer, ours, now);
+                        if let Some(p) = &mut self.policy {
+                            p.handle_connect_progress(entry.peer, now);
+                        }
+                        self.drain_punch().await;
+                        return;
+                    }
                     if let Some(p) = &mut self.policy {
                         p.handle_connect_failed(entry.peer, now);
                     }
@@ -1218,6 +1358,10 @@ impl Mesh {
                 let key = TunnelKey { transport, id };
                 if let Some(e) = self.table.get_mut(key) {
                     e.remote = Some(addr);
+                    let peer = e.peer;
+                    if self.told_version.contains(&peer) {
+                        self.tell_observed(peer, proto, addr).await;
+                    }
                 }
             }
             TunnelEvent::Refused { addr, error } => {
@@ -1309,18 +1453,15 @@ impl Mesh {
                 tracing::warn!("cannot fetch the network configuration: {e}");
             }
             Internal::HostAddresses(ips) => {
-                let list = addresses::announced(
+                self.base_announced = addresses::announced(
                     &self.options.ip,
                     &self.options.pp,
                     &ips,
                     &self.network,
                     self.client.is_some(),
                 );
-                if list != self.announced {
-                    let text: Vec<String> = list.iter().map(|(a, _)| a.to_string()).collect();
-                    self.log(format!("announcing {}", text.join(" ")));
-                    self.announced = list;
-                }
+                self.nat.set_host(ips);
+                self.recompute_nat();
             }
             Internal::InterfaceReady {
                 key,
@@ -1337,6 +1478,150 @@ impl Mesh {
                 tracing::warn!("tunnel interface unusable, closing it: {error}");
                 self.transports.close(key);
             }
+        }
+    }
+
+    /// Recomputes what we announce and whether the policy caps its
+    /// outgoing tunnels, after the host's addresses, a UPnP mapping or the
+    /// learned public address changed.
+    fn recompute_nat(&mut self) {
+        let list = self.nat.announced(&self.base_announced);
+        if list != self.announced {
+            let text: Vec<String> = list
+                .iter()
+                .map(|(a, s)| format!("{a} ({})", s.as_str()))
+                .collect();
+            self.log(format!("announcing {}", text.join(" ")));
+            self.announced = list;
+        }
+        let reach = self.nat.reachability();
+        let reachable = !reach.limits_tunnels();
+        if self
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.reachable() != reachable)
+        {
+            self.log(format!(
+                "reachability {reach:?}: {}",
+                if reachable {
+                    "no limit on outgoing tunnels"
+                } else {
+                    "at most 2 outgoing tunnels"
+                }
+            ));
+        }
+        if let Some(p) = &mut self.policy {
+            p.set_reachable(reachable, Instant::now());
+        }
+    }
+
+    /// The UPnP mapper's status changed.
+    fn upnp_status(&mut self, status: UpnpStatus) {
+        let summary = format!(
+            "upnp: {}{}",
+            status.state,
+            status
+                .external_ip
+                .map(|ip| format!(", external address {ip}"))
+                .unwrap_or_default()
+        );
+        if self.nat.set_upnp(status).is_some() {
+            tracing::info!("{summary}");
+            self.recompute_nat();
+        }
+    }
+
+    /// Index of the udp transport that hole punching uses (the listening
+    /// one: its port is the one peers observed), unless udp is disabled.
+    fn udp_transport(&self) -> Option<usize> {
+        self.transports
+            .list
+            .iter()
+            .position(|t| t.proto == Proto::Udp)
+    }
+
+    /// Performs what the puncher asks for and acts upon its outcomes.
+    async fn drain_punch(&mut self) {
+        let now = Instant::now();
+        while let Some(action) = self.nat.puncher.poll_action() {
+            match action {
+                PunchAction::Send { peer, message } => {
+                    self.peer.send(peer, &message.to_body()).await;
+                }
+                // The udp transport retransmits its handshake by itself:
+                // later attempts need no new tunnel.
+                PunchAction::Handshake { attempt: 1.., .. } => {}
+                PunchAction::Handshake {
+                    peer,
+                    endpoint,
+                    attempt: 0,
+                } => self.punch_handshake(peer, endpoint, now).await,
+            }
+        }
+        while let Some(event) = self.nat.poll_punch_event(now) {
+            match event {
+                PunchEvent::Succeeded { peer } => {
+                    self.log(format!("hole punched to {peer}"));
+                }
+                PunchEvent::Failed { peer, reason } => {
+                    self.log(format!(
+                        "hole punching to {peer} failed ({reason:?}): routing through the mesh"
+                    ));
+                    let keys: Vec<TunnelKey> = self
+                        .punch_keys
+                        .keys()
+                        .copied()
+                        .filter(|k| self.table.get(*k).is_some_and(|e| e.peer == peer))
+                        .collect();
+                    for key in keys {
+                        self.punch_keys.remove(&key);
+                        self.close(key);
+                    }
+                    if let Some(p) = &mut self.policy {
+                        p.handle_connect_failed(peer, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts sending udp handshakes to `peer`'s public endpoint.
+    async fn punch_handshake(
+        &mut self,
+        peer: NodePrefix,
+        endpoint: std::net::SocketAddr,
+        now: Instant,
+    ) {
+        let Some(t) = self.udp_transport() else {
+            self.nat.puncher.cancel(&peer);
+            return;
+        };
+        let direction = match self
+            .policy
+            .as_ref()
+            .and_then(|p| p.tunnels().find(|i| i.peer == peer))
+        {
+            Some(info) if info.direction == Direction::Outgoing && !info.up => Direction::Outgoing,
+            Some(_) => {
+                // A tunnel with it exists already.
+                self.nat.puncher.cancel(&peer);
+                return;
+            }
+            None => Direction::Incoming,
+        };
+        let Some(key) = self.open(t, endpoint, Some(peer)).await else {
+            self.nat.puncher.cancel(&peer);
+            return;
+        };
+        tracing::info!("punching: udp handshakes to {peer} at {endpoint}");
+        self.table
+            .opened(key, peer, Proto::Udp, endpoint, VecDeque::new(), now);
+        if let Some(e) = self.table.get_mut(key) {
+            e.direction = direction;
+        }
+        self.punch_keys.insert(key, direction);
+        if let Some(p) = &mut self.policy {
+            p.handle_connect_progress(peer, now);
         }
     }
 
@@ -1480,6 +1765,7 @@ impl Mesh {
             with_routes,
             peer_cache: self.cache.len().unwrap_or(0),
             addresses: addresses::status(&self.announced),
+            nat: self.nat.status(),
             peer_protocol: self.peer.stats(),
             events: self
                 .events
@@ -1511,6 +1797,12 @@ impl Mesh {
                 Ok(Err(e)) => tracing::warn!("route installer: {e}"),
                 Err(e) => tracing::warn!("route installer: {e}"),
             }
+        }
+        // The UPnP mappings go first, while the gateway is still reachable
+        // and before anything could reuse the ports.
+        if let Some(upnp) = self.upnp.take() {
+            let status = upnp.stop().await;
+            tracing::info!("upnp: {}", status.state);
         }
         // Dropping the handles stops the transports: tunnels close and
         // their interfaces disappear.

@@ -9,8 +9,8 @@ use babel::Dump;
 
 use super::tunnels::{TunnelEntry, TunnelKey};
 use crate::node::control::{
-    AnnouncedAddress, BabelCounters, EventRecord, Identity, NeighbourStatus, PeerProtocolCounters,
-    RouteStatus, Status, TunnelStatus,
+    AnnouncedAddress, BabelCounters, EventRecord, Identity, NatStatus, NeighbourStatus,
+    PeerProtocolCounters, RouteStatus, Status, TunnelStatus,
 };
 use crate::node::peer_proto::PeerStats;
 use crate::node::policy::{Direction, TunnelInfo};
@@ -41,6 +41,8 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) peer_cache: usize,
     /// What we announce.
     pub(crate) addresses: Vec<AnnouncedAddress>,
+    /// NAT state.
+    pub(crate) nat: NatStatus,
     /// Peer-protocol counters.
     pub(crate) peer_protocol: PeerStats,
     /// Recent events.
@@ -131,6 +133,7 @@ pub(crate) fn build(s: &Snapshot<'_>) -> Status {
         routes,
         peer_cache: s.peer_cache,
         addresses: s.addresses.clone(),
+        nat: s.nat.clone(),
         peer_protocol: PeerProtocolCounters {
             sent: p.sent,
             accepted: p.accepted,
@@ -261,6 +264,7 @@ mod tests {
             with_routes: true,
             peer_cache: 2,
             addresses: Vec::new(),
+            nat: NatStatus::default(),
             peer_protocol: PeerStats {
                 sent: 3,
                 accepted: 2,
