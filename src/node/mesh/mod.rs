@@ -1596,6 +1596,15 @@ impl Mesh {
             self.nat.puncher.cancel(&peer);
             return;
         };
+        // Both sides asked at once: the session restarted, the handshakes
+        // already go out.
+        if self
+            .punch_keys
+            .keys()
+            .any(|k| self.table.get(*k).is_some_and(|e| e.peer == peer))
+        {
+            return;
+        }
         let direction = match self
             .policy
             .as_ref()

@@ -119,9 +119,13 @@ impl NatState {
         self.reach
     }
 
-    /// Our public UDP endpoint as peers see it (what punching announces).
+    /// Our public UDP endpoint as peers see it (what punching announces):
+    /// the one enough peers agree on, else the one the only observers saw
+    /// (a small network may give a NATed node a single public peer).
     pub(crate) fn udp_endpoint(&self) -> Option<SocketAddr> {
-        self.learner.endpoint(Proto::Udp)
+        self.learner
+            .endpoint(Proto::Udp)
+            .or_else(|| self.learner.sole_endpoint(Proto::Udp))
     }
 
     /// The host's addresses were read.
@@ -431,10 +435,13 @@ mod tests {
         let base = vec![(lan, Source::Interface)];
         assert!(s.set_host(vec!["10.1.0.2".parse().unwrap()]).is_some());
         assert_eq!(s.reachability(), Reachability::Unknown);
-        // One observation is not enough; two agreeing peers are.
+        // One observation is not enough; two agreeing peers are. One is
+        // enough to guess the endpoint to punch from, though.
         assert!(s
             .handle_observed(p(1), a("198.51.100.9,1194,udp"), now)
             .is_none());
+        assert_eq!(s.udp_endpoint(), Some("198.51.100.9:1194".parse().unwrap()));
+        assert_eq!(s.reachability(), Reachability::Unknown);
         assert_eq!(
             s.handle_observed(p(2), a("198.51.100.9,1194,udp"), now),
             Some(NatChange::Recompute)

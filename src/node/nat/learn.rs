@@ -141,6 +141,21 @@ impl<P: Clone + Eq + Hash> Learner<P> {
         best(counts, self.config.agree)
     }
 
+    /// Our endpoint for `proto` when fewer peers than
+    /// [`LearnConfig::agree`] saw it but none contradicts it: every
+    /// observation of `proto` (at least one) names the same (IP, port). A
+    /// best guess for hole punching in a small network, never a reason to
+    /// announce an address.
+    pub fn sole_endpoint(&self, proto: Proto) -> Option<SocketAddr> {
+        let mut seen = self
+            .seen
+            .values()
+            .filter(|o| o.addr.proto == proto)
+            .map(|o| SocketAddr::new(o.addr.ip, o.addr.port));
+        let first = seen.next()?;
+        seen.all(|e| e == first).then_some(first)
+    }
+
     /// What the observations of `proto` tunnels say about the NAT, given
     /// our listening `local_port` for it.
     pub fn nat_kind(&self, proto: Proto, local_port: u16) -> NatKind {
@@ -273,6 +288,15 @@ mod tests {
         let mut l = Learner::new(LearnConfig::default());
         l.handle_observed(1, addr("198.51.100.7,1194,udp"), t0);
         assert_eq!(l.public_ip(), None, "one peer is not enough");
+        assert_eq!(l.endpoint(Proto::Udp), None);
+        // ... but it is the only guess for punching, until contradicted.
+        let sole: SocketAddr = "198.51.100.7:1194".parse().unwrap();
+        assert_eq!(l.sole_endpoint(Proto::Udp), Some(sole));
+        assert_eq!(l.sole_endpoint(Proto::Tcp), None);
+        let mut other = Learner::new(LearnConfig::default());
+        other.handle_observed(1, addr("198.51.100.7,1194,udp"), t0);
+        other.handle_observed(2, addr("198.51.100.7,2000,udp"), t0);
+        assert_eq!(other.sole_endpoint(Proto::Udp), None);
         // The same peer again does not count twice.
         l.handle_observed(1, addr("198.51.100.7,1194,udp"), t0);
         assert_eq!(l.public_ip(), None);
