@@ -708,6 +708,20 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
             if self.outgoing_count() > self.target() {
                 self.timers[Timer::Refresh as usize] = Some(now);
             }
+        } else if self.outgoing_count() > self.target() {
+            // A surplus tunnel (the cap while unreachable, client_count
+            // lowered) goes even when refused: the agreement protects the
+            // periodic refresh, not a limit. The peer may well not know
+            // the tunnel as incoming (both sides connected at once).
+            self.tunnels.remove(&peer);
+            self.last_retired = Some(peer);
+            self.actions.push_back(Action::Close {
+                peer,
+                direction: Direction::Outgoing,
+            });
+            if self.outgoing_count() > self.target() {
+                self.timers[Timer::Refresh as usize] = Some(now);
+            }
         } else {
             self.actions.push_back(Action::RestoreCost { peer });
         }
@@ -1781,27 +1795,30 @@ mod tests {
 
     #[test]
     fn unreachable_nodes_keep_at_most_two() {
-        let mut h = with_distant(100, 20, config(5, 10));
-        let actions = h.advance(1.0);
-        h.accept_connects(&actions);
-        let _ = h.actions();
-        assert_eq!(h.policy.outgoing_count(), 5);
-        let now = h.now;
-        h.policy.set_reachable(false, now);
-        assert_eq!(h.policy.target(), 2);
-        // Surplus tunnels are retired one by one, gracefully.
-        for step in 2..100 {
-            for a in h.advance(step as f64) {
-                if let Action::RequestRetirement { peer, id } = a {
-                    let now = h.now;
-                    h.policy.handle_retirement_reply(peer, id, true, now);
+        // Surplus tunnels are retired one by one, gracefully; peers that
+        // refuse (they may not know the tunnel as incoming) lose it anyway.
+        for agree in [true, false] {
+            let mut h = with_distant(100, 20, config(5, 10));
+            let actions = h.advance(1.0);
+            h.accept_connects(&actions);
+            let _ = h.actions();
+            assert_eq!(h.policy.outgoing_count(), 5);
+            let now = h.now;
+            h.policy.set_reachable(false, now);
+            assert_eq!(h.policy.target(), 2);
+            for step in 2..100 {
+                for a in h.advance(step as f64) {
+                    if let Action::RequestRetirement { peer, id } = a {
+                        let now = h.now;
+                        h.policy.handle_retirement_reply(peer, id, agree, now);
+                    }
                 }
             }
+            assert_eq!(h.policy.outgoing_count(), 2, "peers agree: {agree}");
+            let now = h.now;
+            h.policy.set_reachable(true, now);
+            assert_eq!(connects(&h.actions()).len(), 3, "peers agree: {agree}");
         }
-        assert_eq!(h.policy.outgoing_count(), 2);
-        let now = h.now;
-        h.policy.set_reachable(true, now);
-        assert_eq!(connects(&h.actions()).len(), 3);
     }
 
     #[test]
