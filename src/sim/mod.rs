@@ -263,6 +263,11 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<Ev>>,
     seq: u64,
     buf: Vec<u8>,
+    /// Packet buffers of delivered packets, reused for the next ones.
+    pool: Vec<Vec<u8>>,
+    /// Installed routes summed over the running nodes (kept up to date,
+    /// so that "is every route there?" is O(1)).
+    installed: usize,
     partitioned: bool,
     /// Events processed so far.
     pub events: u64,
@@ -282,6 +287,8 @@ impl Sim {
             queue: BinaryHeap::new(),
             seq: 0,
             buf: vec![0; 2048],
+            pool: Vec::new(),
+            installed: 0,
             partitioned: false,
             events: 0,
         }
@@ -340,6 +347,21 @@ impl Sim {
     /// Routes in `n`'s forwarding table (destinations it can reach).
     pub fn route_count(&self, n: NodeId) -> usize {
         self.nodes[n as usize].live.as_ref().map_or(0, |l| l.routes)
+    }
+
+    /// Installed routes summed over the running nodes (routes towards
+    /// crashed nodes included).
+    pub fn installed_routes(&self) -> usize {
+        self.installed
+    }
+
+    /// `n`'s forwarding table (next hop per destination, [`NodeId::MAX`]
+    /// for none), or `None` if it is not running.
+    pub fn fib(&self, n: NodeId) -> Option<&[NodeId]> {
+        self.nodes[n as usize]
+            .live
+            .as_ref()
+            .map(|l| l.fib.as_slice())
     }
 
     /// Routes in `n`'s Babel table (one per destination and neighbour that
@@ -502,6 +524,7 @@ impl Sim {
         let Some(live) = self.nodes[n as usize].live.take() else {
             return;
         };
+        self.installed -= live.routes;
         for end in live.ifaces.values() {
             let Some(link) = self.links[end.link].as_mut() else {
                 continue;
@@ -647,6 +670,7 @@ impl Sim {
                     live.router
                         .handle_packet(ifindex, source, multicast, &bytes, now);
                 }
+                self.pool.push(bytes);
                 self.drain(n);
             }
             Kind::RouterTimer(n) => {
@@ -726,6 +750,23 @@ impl Sim {
     /// The registry's choice: a random destination of its node's table
     /// other than the asker, or the registry node itself.
     fn bootstrap_peer(&mut self, asker: NodeId) -> NodeId {
+        let count = self.nodes.len();
+        if self.nodes[0].live.as_ref().map_or(0, |l| l.routes) == 0 {
+            return 0;
+        }
+        // Rejection sampling: uniform over the candidates, O(1) expected
+        // once the registry's node knows a good part of the network (a
+        // scan of its whole table per request was O(N)).
+        for _ in 0..64 {
+            let d = self.below(count);
+            let known = self.nodes[0]
+                .live
+                .as_ref()
+                .is_some_and(|l| l.fib[d] != NONE);
+            if known && d as NodeId != asker {
+                return d as NodeId;
+            }
+        }
         let Some(live) = self.nodes[0].live.as_ref() else {
             return 0;
         };
@@ -1042,7 +1083,9 @@ impl Sim {
         } else {
             self.config.jitter.mul_f64(self.random())
         };
-        let bytes = self.buf[..len].to_vec();
+        let mut bytes = self.pool.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(&self.buf[..len]);
         self.push(
             latency + jitter,
             Kind::Packet {
@@ -1076,8 +1119,14 @@ impl Sim {
         };
         let is = *slot != NONE;
         match (was, is) {
-            (false, true) => live.routes += 1,
-            (true, false) => live.routes -= 1,
+            (false, true) => {
+                live.routes += 1;
+                self.installed += 1;
+            }
+            (true, false) => {
+                live.routes -= 1;
+                self.installed -= 1;
+            }
             _ => {}
         }
         let via = if present {
