@@ -70,6 +70,11 @@ pub(crate) struct Args {
     /// Nodes join within this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     join_window: u64,
+    /// Bootstrap in waves, each adding F times the nodes already running
+    /// (joining within --join-window) once every running node reaches the
+    /// registry's node; 0: everyone joins within one --join-window.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    wave_growth: f64,
     /// Steady-state window in seconds (default: two refresh periods).
     #[arg(long, value_name = "SECS")]
     steady: Option<u64>,
@@ -113,6 +118,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&args.loss) {
         bail!("--loss {}: must be at least 0 and below 1", args.loss);
     }
+    if !(args.wave_growth >= 0.0 && args.wave_growth.is_finite()) {
+        bail!(
+            "--wave-growth {}: must be 0 (one join window) or a positive factor",
+            args.wave_growth
+        );
+    }
     if !(args.hello > 0.0 && args.hello.is_finite()) {
         bail!(
             "--hello {}: must be a positive number of seconds",
@@ -142,6 +153,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let params = |nodes: usize| {
         let mut p = Params::new(nodes, sim.clone());
         p.join_window = Duration::from_secs(args.join_window);
+        p.wave_growth = args.wave_growth;
         if let Some(s) = args.steady {
             p.steady = Duration::from_secs(s);
         }

@@ -62,6 +62,12 @@ pub struct Params {
     pub sim: SimConfig,
     /// Nodes join at random times within this window (node 0 first).
     pub join_window: Duration,
+    /// Bootstrap in waves when positive: each wave adds this many times
+    /// the nodes already running (1 doubles the network), its nodes
+    /// joining within `join_window`, and starts once every running node
+    /// reaches the registry's node and back. 0: every node joins within
+    /// one `join_window`.
+    pub wave_growth: f64,
     /// Give up waiting for convergence after this long.
     pub converge_limit: Duration,
     /// Length of the steady-state window (traffic is measured over it).
@@ -87,6 +93,7 @@ impl Params {
             nodes,
             sim,
             join_window: Duration::from_secs(60),
+            wave_growth: 0.0,
             converge_limit: Duration::from_secs(1800),
             steady,
             sample_every: Duration::from_secs(10),
@@ -300,26 +307,36 @@ impl Run {
         None
     }
 
-    /// Starts node 0, then the others at random times in the join window,
-    /// and waits until all pairs are reachable.
+    /// Starts node 0, then the others at random times in the join window
+    /// (in waves if `wave_growth` is positive), and waits until all pairs
+    /// are reachable.
     fn bootstrap(&mut self) -> bool {
         let n = self.params.nodes.max(2);
         for _ in 0..n {
             self.sim.add_node(false);
         }
         self.draw_pairs();
-        let window = self.params.join_window.as_millis().max(1) as u64;
-        let mut joins: Vec<(u64, NodeId)> = (1..n as NodeId)
-            .map(|i| (self.random() % window, i))
-            .collect();
-        joins.sort_unstable();
         self.sim.start(0);
-        for (at, i) in joins {
-            let at = Duration::from_millis(at);
-            if at > self.sim.elapsed() {
-                self.sim.run_for(at - self.sim.elapsed());
+        let mut next: NodeId = 1;
+        let mut waves = 0;
+        while (next as usize) < n {
+            let size = if self.params.wave_growth > 0.0 {
+                ((next as f64 * self.params.wave_growth).ceil() as usize).max(1)
+            } else {
+                n
+            };
+            let end = (next as usize + size).min(n) as NodeId;
+            if waves > 0 && !self.until_joined() {
+                self.report.put("waves", waves);
+                self.report.put("all_pairs_reachable_s", "never");
+                return false;
             }
-            self.sim.start(i);
+            self.join(next..end);
+            waves += 1;
+            next = end;
+        }
+        if self.params.wave_growth > 0.0 {
+            self.report.put("waves", waves);
         }
         let nat = (0..n as NodeId).filter(|&i| self.sim.is_nat(i)).count();
         self.report.put("nat_nodes", nat);
@@ -343,6 +360,52 @@ impl Run {
                 false
             }
         }
+    }
+
+    /// Starts the nodes of `range` at random times within the join window
+    /// (from now).
+    fn join(&mut self, range: std::ops::Range<NodeId>) {
+        let window = self.params.join_window.as_millis().max(1) as u64;
+        let start = self.sim.elapsed();
+        let mut joins: Vec<(u64, NodeId)> = range.map(|i| (self.random() % window, i)).collect();
+        joins.sort_unstable();
+        for (at, i) in joins {
+            let at = start + Duration::from_millis(at);
+            if at > self.sim.elapsed() {
+                self.sim.run_for(at - self.sim.elapsed());
+            }
+            self.sim.start(i);
+        }
+    }
+
+    /// Runs until every running node has a route to the registry's node
+    /// and the registry's node one to each of them (O(N) per virtual
+    /// second): the end of a bootstrap wave. False after `converge_limit`.
+    fn until_joined(&mut self) -> bool {
+        let start = self.sim.elapsed();
+        let mut next_sample = start;
+        while self.sim.elapsed() - start < self.params.converge_limit {
+            let alive = self.sim.alive();
+            let joined = self.sim.route_count(0) + 1 >= alive.len()
+                && alive.iter().all(|&a| {
+                    a == 0
+                        || (self.sim.next_hop(a, 0).is_some() && self.sim.next_hop(0, a).is_some())
+                });
+            if joined {
+                tracing::info!(
+                    t = self.sim.elapsed().as_secs(),
+                    nodes = alive.len(),
+                    "wave joined"
+                );
+                return true;
+            }
+            self.sim.run_for(Duration::from_secs(1));
+            if self.sim.elapsed() >= next_sample {
+                self.sample("bootstrap");
+                next_sample += self.params.sample_every;
+            }
+        }
+        false
     }
 
     /// The steady-state window: refresh at work; traffic and final state.
@@ -706,6 +769,19 @@ mod tests {
         for s in steady {
             assert_eq!(s.reach.loops, 0, "loop at {} s", s.t);
         }
+    }
+
+    #[test]
+    fn a_bootstrap_in_waves_doubles_the_network_until_every_pair_is_reachable() {
+        let mut p = params(40, 13, 0.0);
+        p.wave_growth = 1.0;
+        p.join_window = Duration::from_secs(5);
+        p.steady = Duration::from_secs(30);
+        let report = run(Scenario::Bootstrap, &p);
+        // Node 0, then waves of 1, 2, 4, 8 and 16 nodes, and the last 8.
+        assert_eq!(figure(&report, "waves"), "6", "{}", report.table());
+        assert_eq!(figure(&report, "steady_all_pairs_reached"), "1560/1560");
+        assert_eq!(figure(&report, "steady_loops"), "0");
     }
 
     #[test]
