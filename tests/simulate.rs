@@ -1,6 +1,6 @@
-//! `re6st simulate` as an operator runs it: a small sweep writes its CSV and
-//! SVG, a scenario writes its figures and samples, and a bad option is one
-//! clear line.
+//! `re6st simulate` as an operator runs it: a small sweep (bootstrapped in
+//! waves) writes its CSV and SVG, a scenario writes its figures and
+//! samples, and a bad option is one clear line.
 
 use std::process::Command;
 
@@ -24,6 +24,8 @@ fn sweep_writes_csv_and_svg() {
             "40",
             "--join-window",
             "5",
+            "--wave-growth",
+            "1",
             "--sample-pairs",
             "50",
             "--out",
@@ -117,4 +119,16 @@ fn a_bad_option_is_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--latency-ms"), "{err}");
+}
+
+#[test]
+fn a_negative_wave_growth_is_refused() {
+    let out = re6st()
+        .args(["simulate", "--wave-growth=-1"])
+        .output()
+        .expect("run re6st simulate");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--wave-growth"), "{err}");
 }
