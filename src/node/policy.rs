@@ -697,28 +697,18 @@ impl<P: PeerId, R: RngCore> Policy<P, R> {
             return;
         }
         self.retirement = Retirement::Idle;
-        if agreed {
+        // A surplus tunnel (the cap while unreachable, client_count
+        // lowered) goes even when refused: the agreement protects the
+        // periodic refresh, not a limit. The peer may well not know the
+        // tunnel as incoming (both sides connected at once).
+        if agreed || self.outgoing_count() > self.target() {
             self.tunnels.remove(&peer);
             self.last_retired = Some(peer);
             self.actions.push_back(Action::Close {
                 peer,
                 direction: Direction::Outgoing,
             });
-            // More surplus to trim (client_count lowered)? Go on at once.
-            if self.outgoing_count() > self.target() {
-                self.timers[Timer::Refresh as usize] = Some(now);
-            }
-        } else if self.outgoing_count() > self.target() {
-            // A surplus tunnel (the cap while unreachable, client_count
-            // lowered) goes even when refused: the agreement protects the
-            // periodic refresh, not a limit. The peer may well not know
-            // the tunnel as incoming (both sides connected at once).
-            self.tunnels.remove(&peer);
-            self.last_retired = Some(peer);
-            self.actions.push_back(Action::Close {
-                peer,
-                direction: Direction::Outgoing,
-            });
+            // More surplus to trim? Go on at once.
             if self.outgoing_count() > self.target() {
                 self.timers[Timer::Refresh as usize] = Some(now);
             }

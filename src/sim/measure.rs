@@ -155,12 +155,10 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
-/// [`all_pairs`] on `threads` threads.
-pub fn all_pairs_threads(sim: &Sim, threads: usize) -> Reach {
-    let alive = sim.alive();
-    let count = sim.len();
-    // Up tunnel peers of each node, sorted, to check next hops fast.
-    let up: Vec<Vec<NodeId>> = (0..count as NodeId)
+/// The up tunnel peers of every node (sorted; none for a stopped node),
+/// indexed by node.
+fn tunnel_peers(sim: &Sim) -> Vec<Vec<NodeId>> {
+    (0..sim.len() as NodeId)
         .map(|n| {
             if sim.is_alive(n) {
                 sim.tunnel_peers(n)
@@ -168,7 +166,15 @@ pub fn all_pairs_threads(sim: &Sim, threads: usize) -> Reach {
                 Vec::new()
             }
         })
-        .collect();
+        .collect()
+}
+
+/// [`all_pairs`] on `threads` threads.
+pub fn all_pairs_threads(sim: &Sim, threads: usize) -> Reach {
+    let alive = sim.alive();
+    let count = sim.len();
+    // Up tunnel peers of each node, sorted, to check next hops fast.
+    let up = tunnel_peers(sim);
     let fibs: Vec<Option<&[NodeId]>> = (0..count as NodeId).map(|n| sim.fib(n)).collect();
     let blocks: Vec<&[NodeId]> = alive.chunks(BLOCK).collect();
     let threads = threads.clamp(1, blocks.len().max(1));
@@ -312,15 +318,7 @@ pub struct GraphStats {
 pub fn graph(sim: &Sim, max_sources: usize) -> GraphStats {
     let alive = sim.alive();
     let count = sim.len();
-    let adjacency: Vec<Vec<NodeId>> = (0..count as NodeId)
-        .map(|n| {
-            if sim.is_alive(n) {
-                sim.tunnel_peers(n)
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
+    let adjacency = tunnel_peers(sim);
     let degree_sum: usize = adjacency.iter().map(Vec::len).sum();
     let mut stats = GraphStats {
         nodes: alive.len(),
