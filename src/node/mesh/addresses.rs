@@ -118,11 +118,12 @@ pub(crate) fn status(list: &[(Address, Source)]) -> Vec<AnnouncedAddress> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::node::Proto;
 
-    fn pp() -> Vec<PortProto> {
+    /// udp and tcp on port 1194, the `--pp` of the tests.
+    pub(in crate::node::mesh) fn pp() -> Vec<PortProto> {
         vec![
             PortProto {
                 port: 1194,

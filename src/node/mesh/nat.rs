@@ -359,6 +359,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::node::mesh::addresses::tests::pp;
     use crate::node::nat::upnp::MappingStatus;
 
     fn p(v: u128) -> NodePrefix {
@@ -367,19 +368,6 @@ mod tests {
 
     fn a(s: &str) -> Address {
         s.parse().unwrap()
-    }
-
-    fn pp() -> Vec<PortProto> {
-        vec![
-            PortProto {
-                port: 1194,
-                proto: Proto::Udp,
-            },
-            PortProto {
-                port: 1194,
-                proto: Proto::Tcp,
-            },
-        ]
     }
 
     fn state(ip: &[AnnounceIp]) -> NatState {
