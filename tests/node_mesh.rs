@@ -456,20 +456,38 @@ fn refresh_every_10_s_keeps_tunnels_and_reachability() {
     eprintln!("tunnel graph at start:\n{first}");
     let mut graphs = BTreeSet::from([first.pairs()]);
     let mut retried_total = 0;
+    let mut healed = 0;
     let end = Instant::now() + Duration::from_secs(120);
     let mut samples = 0;
     while Instant::now() < end {
         std::thread::sleep(Duration::from_secs(4));
-        let (m, retried) = sample(&mut bed);
+        let (mut m, retried) = sample(&mut bed);
         retried_total += retried;
         samples += 1;
+        if !m.all() {
+            // A pair caught while a retired tunnel closes may be starved
+            // until Babel's seqno request comes back (its alternatives were
+            // unfeasible): it must heal within seconds, not stay cut.
+            healed += m.missing().len();
+            let started = Instant::now();
+            while !m.all() && started.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(500));
+                for from in 0..m.cells.len() {
+                    for to in 0..m.cells.len() {
+                        if m.cells[from][to] == Some(false) {
+                            m.cells[from][to] = Some(bed.ping(from, to));
+                        }
+                    }
+                }
+            }
+        }
         if !m.all() {
             eprintln!("tunnel graph:\n{}", bed.graph());
             dump_logs(&bed);
         }
         assert!(
             m.all(),
-            "refresh: sample {samples}: unreachable {:?}\n{m}",
+            "refresh: sample {samples}: unreachable for more than 5 s {:?}\n{m}",
             m.missing()
         );
         // Outgoing tunnels, counted from each node's own status (any state:
@@ -504,7 +522,8 @@ fn refresh_every_10_s_keeps_tunnels_and_reachability() {
     eprintln!("tunnel graph after 2 minutes:\n{last}");
     eprintln!(
         "node_mesh: refresh 10 s for 2 min: {samples} all-pairs samples, all reachable \
-         ({retried_total} single pings retried), {} distinct graphs",
+         ({retried_total} single pings retried, {healed} pairs healed within 5 s), \
+         {} distinct graphs",
         graphs.len()
     );
     assert!(graphs.len() > 1, "the graph never changed in 2 minutes");
