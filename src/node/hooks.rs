@@ -178,16 +178,20 @@ impl Hook {
                 return;
             }
         };
+        self.log_started(&child);
+        tokio::select! {
+            status = child.wait() => self.report(status),
+            () = stopped(&mut stop) => self.terminate(&mut child).await,
+        }
+    }
+
+    fn log_started(&self, child: &Child) {
         tracing::info!(
             "{} {:?} started (pid {:?})",
             self.kind,
             self.cmd,
             child.id()
         );
-        tokio::select! {
-            status = child.wait() => self.report(status),
-            () = stopped(&mut stop) => self.terminate(&mut child).await,
-        }
     }
 
     /// Runs the command, restarting it when it exits, until `stop`.
@@ -196,12 +200,7 @@ impl Hook {
             let started = Instant::now();
             match self.spawn() {
                 Ok(mut child) => {
-                    tracing::info!(
-                        "{} {:?} started (pid {:?})",
-                        self.kind,
-                        self.cmd,
-                        child.id()
-                    );
+                    self.log_started(&child);
                     tokio::select! {
                         status = child.wait() => self.report(status),
                         () = stopped(&mut stop) => {
